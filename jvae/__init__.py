@@ -1,0 +1,59 @@
+"""jvae: variational autoencoders and variational inference in JAX.
+
+Every bound is a pure function ``f(params, key, x) -> Array[batch]`` over a Flax VAE; ``jax.jit``,
+``jax.vmap`` and ``jax.grad`` apply to it directly.
+"""
+
+from jvae import bounds, stabilizers
+from jvae._kl import analytic_kl, kl_per_dim
+from jvae._likelihoods import BernoulliLikelihood, GaussianLikelihood, StableBernoulli, bernoulli
+from jvae._models import VAE
+from jvae._networks import MLP, Decoder, Encoder
+from jvae._objectives import (
+    LogWeights,
+    check_key,
+    elbo,
+    iwae,
+    log_marginal,
+    sample_log_weights,
+)
+from jvae._posteriors import (
+    FullCovarianceGaussian,
+    FullCovGaussianPosterior,
+    GaussianPosterior,
+    TriangularAffine,
+    standard_normal,
+)
+from jvae._presets import PRESETS, burda2015, kingma2014, mlp_vae
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE",
+    "MLP",
+    "Encoder",
+    "Decoder",
+    "GaussianPosterior",
+    "FullCovGaussianPosterior",
+    "FullCovarianceGaussian",
+    "TriangularAffine",
+    "BernoulliLikelihood",
+    "GaussianLikelihood",
+    "StableBernoulli",
+    "bernoulli",
+    "standard_normal",
+    "analytic_kl",
+    "kl_per_dim",
+    "elbo",
+    "iwae",
+    "log_marginal",
+    "sample_log_weights",
+    "LogWeights",
+    "check_key",
+    "mlp_vae",
+    "kingma2014",
+    "burda2015",
+    "PRESETS",
+    "bounds",
+    "stabilizers",
+]

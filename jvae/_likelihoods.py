@@ -1,0 +1,78 @@
+"""Observation models p(x|z) as linen heads emitting distrax distributions (layer 2).
+
+A likelihood head maps features of shape ``(..., batch, features)`` to a distribution with batch
+shape ``(..., batch)`` and event shape ``event_shape``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jvae._numerics import bernoulli_log_prob, softplus_scale
+
+Array = jax.Array
+
+
+class StableBernoulli(distrax.Bernoulli):
+  """A Bernoulli whose log-prob is ``x log σ(l) + (1-x) log σ(-l)``: finite for logits of ±1e4.
+
+  Also accepts non-binary x in [0, 1] (the cross-entropy used for grey-scale data).
+  """
+
+  def log_prob(self, value: Array) -> Array:
+    return bernoulli_log_prob(self.logits, jnp.asarray(value, self.logits.dtype))
+
+
+def bernoulli(logits: Array, event_ndims: int = 1) -> distrax.Distribution:
+  """Independent Bernoulli over the trailing ``event_ndims`` axes of ``logits``."""
+  return distrax.Independent(StableBernoulli(logits=logits), event_ndims)
+
+
+class BernoulliLikelihood(nn.Module):
+  """p(x|z) = Π_i Bernoulli(x_i | sigmoid(logit_i)), logits from a Dense layer.
+
+  Attributes:
+    event_shape: shape of one x, e.g. ``(784,)`` or ``(28, 28)``.
+  """
+
+  event_shape: Sequence[int]
+
+  @nn.compact
+  def __call__(self, h: Array) -> distrax.Distribution:
+    shape = tuple(self.event_shape)
+    logits = nn.Dense(math.prod(shape), name="logits")(h)
+    return bernoulli(logits.reshape(*h.shape[:-1], *shape), len(shape))
+
+
+class GaussianLikelihood(nn.Module):
+  """p(x|z) = N(μ(z), diag σ²) with a fixed σ, or a learned σ.
+
+  Attributes:
+    event_shape: shape of one x.
+    scale: a fixed σ; ignored when ``learn_scale``.
+    learn_scale: if True, σ = softplus(·) + ``min_scale`` is emitted per dimension by the network.
+    min_scale: floor on a learned σ.
+  """
+
+  event_shape: Sequence[int]
+  scale: float = 1.0
+  learn_scale: bool = False
+  min_scale: float = 1e-3
+
+  @nn.compact
+  def __call__(self, h: Array) -> distrax.Distribution:
+    shape = tuple(self.event_shape)
+    n = math.prod(shape)
+    loc = nn.Dense(n, name="loc")(h).reshape(*h.shape[:-1], *shape)
+    if self.learn_scale:
+      raw = nn.Dense(n, name="scale")(h).reshape(*h.shape[:-1], *shape)
+      scale = softplus_scale(raw, self.min_scale)
+    else:
+      scale = jnp.full_like(loc, self.scale)
+    return distrax.Independent(distrax.Normal(loc, scale), len(shape))
