@@ -5,18 +5,25 @@ Every bound is a pure function ``f(params, key, x) -> Array[batch]`` over a Flax
 """
 
 from jvae import bounds, stabilizers
+from jvae._flows import IAFPosterior, IAFStep, made_masks
 from jvae._kl import analytic_kl, kl_per_dim
 from jvae._likelihoods import BernoulliLikelihood, GaussianLikelihood, StableBernoulli, bernoulli
 from jvae._models import VAE
 from jvae._networks import MLP, Decoder, Encoder
+from jvae._fit import FitState, fit, fit_init, make_epoch_fn, seed_keys, summarize
 from jvae._objectives import (
     LogWeights,
     check_key,
+    ciwae,
     elbo,
     iwae,
     log_marginal,
+    miwae,
+    piwae,
+    renyi,
     sample_log_weights,
 )
+from jvae._training import Trainer, TrainState, evaluate, trainer
 from jvae._posteriors import (
     FullCovarianceGaussian,
     FullCovGaussianPosterior,
@@ -35,6 +42,9 @@ __all__ = [
     "Decoder",
     "GaussianPosterior",
     "FullCovGaussianPosterior",
+    "IAFPosterior",
+    "IAFStep",
+    "made_masks",
     "FullCovarianceGaussian",
     "TriangularAffine",
     "BernoulliLikelihood",
@@ -47,6 +57,20 @@ __all__ = [
     "elbo",
     "iwae",
     "log_marginal",
+    "renyi",
+    "miwae",
+    "ciwae",
+    "piwae",
+    "Trainer",
+    "TrainState",
+    "trainer",
+    "evaluate",
+    "FitState",
+    "fit",
+    "fit_init",
+    "make_epoch_fn",
+    "seed_keys",
+    "summarize",
     "sample_log_weights",
     "LogWeights",
     "check_key",

@@ -104,9 +104,9 @@ def made_apply(
 ) -> tuple[Array, Array]:
   """Evaluates a MADE network with masked Dense layers; returns ``(m, s)``.
 
-  Hidden layer 1 is ``activation(z @ (W ⊙ M₀) + c @ W_c + b)``: the context enters unmasked, as in
-  Kingma et al. (2016, Fig. 2), so every output may depend on it. Further hidden layers are masked
-  Dense layers, and two masked linear heads emit m and s.
+  Hidden layer 1 is ``activation(z @ (W ⊙ M₀) + c @ W_c + b)``: the context enters unmasked (the
+  extra encoder output h of Kingma et al. 2016, fed to every step), so every output may depend on
+  it. Further hidden layers are masked Dense layers, and two masked linear heads emit m and s.
 
   Args:
     params: ``input_kernel (d, H₁)``, ``input_bias (H₁,)``, ``context_kernel (C, H₁)`` (used
@@ -121,12 +121,13 @@ def made_apply(
   Returns:
     m, s, each of shape ``broadcast(z.shape[:-1], context.shape[:-1]) + (d,)``.
   """
+  chex.assert_axis_dimension(z, -1, params["input_kernel"].shape[0])
   x = z @ (params["input_kernel"] * masks[0]) + params["input_bias"]
   if context is not None:
     x = x + context @ params["context_kernel"]
   x = activation(x)
-  for l, mask in enumerate(masks[1:-1]):
-    x = activation(x @ (params[f"hidden_{l}_kernel"] * mask) + params[f"hidden_{l}_bias"])
+  for i, mask in enumerate(masks[1:-1]):
+    x = activation(x @ (params[f"hidden_{i}_kernel"] * mask) + params[f"hidden_{i}_bias"])
   m = x @ (params["m_kernel"] * masks[-1]) + params["m_bias"]
   s = x @ (params["s_kernel"] * masks[-1]) + params["s_bias"]
   return m, s
@@ -149,11 +150,13 @@ class IAFStep(distrax.Bijector):
   computed with ``log_sigmoid`` (finite for any s). With ``forget_bias`` b ≈ 1–2 and small
   output weights, σ ≈ sigmoid(b) and m ≈ 0 initially: each step only slightly rescales z.
 
-  The forward pass (sampling, ``sample_and_log_prob``) costs one network evaluation. The inverse is
-  exact but sequential: z_i = m_i + (z′_i − m_i)(1 + e^{−(s_i + b)}) needs m_i, s_i at the *inverted*
-  z_{<i}, so it runs d fixed-point sweeps (``lax.fori_loop``); after sweep k the first k
-  coordinates in the ordering are exact. That is d network evaluations, d times the cost of the
-  forward pass; it is only needed for ``log_prob`` of an externally given z.
+  The forward pass (sampling, ``sample_and_log_prob``) costs one network evaluation. The inverse
+  is exact but sequential: z_i = m_i + (z′_i − m_i)(1 + e^{−(s_i + b)}) needs m_i, s_i at the
+  *inverted* z_{<i}, so it runs d sweeps of that update (d − 1 in a ``lax.fori_loop``, then a last
+  one that also yields the log-determinant); after sweep k the first k coordinates in the ordering
+  are exact. That is d network evaluations, d times the cost of the forward pass, and d times its
+  activation memory under reverse-mode autodiff; it is only needed for ``log_prob`` of an
+  externally given z (e.g. importance weights of samples from another distribution).
 
   Args:
     params: MADE weights (see :func:`made_apply`).
@@ -185,8 +188,8 @@ class IAFStep(distrax.Bijector):
 
   def forward_and_log_det(self, z: Array) -> tuple[Array, Array]:
     m, logit = self._gate(z)
-    gate = jax.nn.sigmoid(logit)
-    y = gate * z + (1.0 - gate) * m
+    # 1 − σ = sigmoid(−logit), accurate also when σ is close to 1.
+    y = jax.nn.sigmoid(logit) * z + jax.nn.sigmoid(-logit) * m
     chex.assert_equal_shape([y, m])
     return y, jnp.sum(jax.nn.log_sigmoid(logit), axis=-1)
 
@@ -197,13 +200,14 @@ class IAFStep(distrax.Bijector):
       batch = jnp.broadcast_shapes(batch, self.context.shape[:-1])
     y = jnp.broadcast_to(y, (*batch, d))
 
-    def sweep(_, z):
+    def sweep(z):
       m, logit = self._gate(z)
       # z = m + (y − m) / σ with 1/σ = 1 + exp(−logit).
-      return m + (y - m) * (1.0 + jnp.exp(-logit))
+      return m + (y - m) * (1.0 + jnp.exp(-logit)), logit
 
-    z = jax.lax.fori_loop(0, d, sweep, y)
-    _, logit = self._gate(z)
+    z = jax.lax.fori_loop(0, d - 1, lambda _, z: sweep(z)[0], y)
+    # The last sweep's logits depend only on coordinates that are already exact.
+    z, logit = sweep(z)
     return z, -jnp.sum(jax.nn.log_sigmoid(logit), axis=-1)
 
 
@@ -244,9 +248,9 @@ class MADEParams(nn.Module):
     }
     if self.context_dim:
       p["context_kernel"] = self.param("context_kernel", dense_init, (self.context_dim, hidden[0]))
-    for l, (fan_in, fan_out) in enumerate(itertools.pairwise(hidden)):
-      p[f"hidden_{l}_kernel"] = self.param(f"hidden_{l}_kernel", dense_init, (fan_in, fan_out))
-      p[f"hidden_{l}_bias"] = self.param(f"hidden_{l}_bias", zeros, (fan_out,))
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(hidden)):
+      p[f"hidden_{i}_kernel"] = self.param(f"hidden_{i}_kernel", dense_init, (fan_in, fan_out))
+      p[f"hidden_{i}_bias"] = self.param(f"hidden_{i}_bias", zeros, (fan_out,))
     for head in ("m", "s"):
       p[f"{head}_kernel"] = self.param(f"{head}_kernel", out_init, (hidden[-1], d))
       p[f"{head}_bias"] = self.param(f"{head}_bias", zeros, (d,))
@@ -274,7 +278,8 @@ class IAFPosterior(nn.Module):
     latent_dim: size d of z.
     num_steps: number T of IAF steps.
     hidden: MADE hidden widths (each ≥ d − 1 for full autoregressive connectivity).
-    context_dim: size of the context vector c emitted by the encoder head.
+    context_dim: size of the context vector c emitted by the encoder head (0: no context, each
+      step is then an unconditional autoregressive map; the dependence on x is only via μ₀, σ₀).
     min_scale: floor on σ₀.
     forget_bias: b in σ_t = sigmoid(s_t + b); positive so each step starts near identity.
     out_init_scale: stddev of the final MADE kernels at init (small: the flow starts near the
@@ -295,7 +300,7 @@ class IAFPosterior(nn.Module):
     base = GaussianPosterior(self.latent_dim, self.min_scale, name="base")(h)
     if self.num_steps == 0:
       return base
-    context = nn.Dense(self.context_dim, name="context")(h)
+    context = nn.Dense(self.context_dim, name="context")(h) if self.context_dim else None
     steps = []
     for t in range(self.num_steps):
       reverse = t % 2 == 1

@@ -93,10 +93,19 @@ class LogWeights(NamedTuple):
 
 
 def sample_log_weights(model: VAE, params, key, x, num_samples: int, *,
-                       estimator: str = "reparam", beta=1.0) -> LogWeights:
+                       estimator: str = "reparam", beta=1.0, split: bool = False) -> LogWeights:
   """Draw z_k ~ q(z|x), sample axis first; log w_k = log p(x|z_k) + β(log p(z_k) − log q(z_k|x)).
 
-  One encoder pass and one decoder pass (two decoder passes for ``dreg``, one per gradient path).
+  Args:
+    model, params, key, x: as for any objective.
+    num_samples: K.
+    estimator: ``"reparam"`` keeps the score term of log q; ``"stl"``/``"dreg"`` evaluate log q
+      with the variational parameters held constant (Roeder et al. 2017).
+    beta: weight of log p(z) − log q(z|x) (KL warm-up).
+    split: return separate θ and φ gradient paths (always on for ``"dreg"``). Costs a second
+      decoder pass.
+  Returns:
+    :class:`LogWeights` of shape ``(K, batch)``.
   """
   q = model.apply(params, x, method=VAE.encode)
   z, log_q = q.sample_and_log_prob(seed=key, sample_shape=(num_samples,))
@@ -109,29 +118,34 @@ def sample_log_weights(model: VAE, params, key, x, num_samples: int, *,
                        f"x of shape {tuple(x.shape)}")
     return px.log_prob(x), prior.log_prob(z)
 
-  if estimator == "reparam":
+  if estimator != "reparam":
+    log_q = _tree_stop(q).log_prob(z)
+  if not (split or estimator == "dreg"):
     log_lik, log_pz = log_joint(params, z)
     lw = log_lik + beta * (log_pz - log_q)
     return LogWeights(lw, lw, lw)
-  log_q_stl = _tree_stop(q).log_prob(z)
-  if estimator == "stl":
-    log_lik, log_pz = log_joint(params, z)
-    lw = log_lik + beta * (log_pz - log_q_stl)
-    return LogWeights(lw, lw, lw)
-  # dreg: separate the two gradient paths.
-  z_fixed = _stop(z)
-  log_lik_t, log_pz_t = log_joint(params, z_fixed)
+  log_lik_t, log_pz_t = log_joint(params, _stop(z))
   lw_theta = log_lik_t + beta * (log_pz_t - _stop(log_q))
   log_lik_p, log_pz_p = log_joint(_tree_stop(params), z)
-  lw_phi = log_lik_p + beta * (log_pz_p - log_q_stl)
+  lw_phi = log_lik_p + beta * (log_pz_p - log_q)
   return LogWeights(_stop(lw_theta), lw_theta, lw_phi)
+
+
+def _weighted(lw_weights: Array, lw_grad: Array, axis: int, power: int) -> Array:
+  """Σ_k stop(w̃_k)^power · lw_grad_k: a surrogate whose gradient is the (DReG) IWAE gradient."""
+  w = _stop(jax.nn.softmax(lw_weights, axis=axis))
+  return jnp.sum(w ** power * lw_grad, axis=axis)
+
+
+def _with_surrogate(value: Array, surrogate: Array) -> Array:
+  """The value of ``value`` with the gradient of ``surrogate``."""
+  return _stop(value) + surrogate - _stop(surrogate)
 
 
 def _dreg_iwae(lw: LogWeights) -> Array:
   """IWAE value with DReG gradients: θ gets Σ w̃ ∇log w, φ gets Σ w̃² ∂log w/∂z ∂z/∂φ."""
-  w = _stop(jax.nn.softmax(lw.theta, axis=0))
-  surrogate = jnp.sum(w * lw.theta + jnp.square(w) * lw.phi, axis=0)
-  return _stop(_bounds.iwae(lw.theta)) + surrogate - _stop(surrogate)
+  sur = _weighted(lw.theta, lw.theta, 0, 1) + _weighted(lw.theta, lw.phi, 0, 2)
+  return _with_surrogate(_bounds.iwae(lw.theta), sur)
 
 
 def _with_checks(model, fn):
@@ -178,7 +192,7 @@ def elbo(model: VAE, *, num_samples: int = 1, kl: str = "analytic",
                      "kl='sample'; the analytic KL has no such term")
   if free_bits is not None and free_bits < 0:
     raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
-  est = "stl" if estimator == "dreg" else estimator
+  est = "stl" if estimator == "dreg" else estimator  # for a plain average DReG is STL
 
   def body(params, key, x, beta):
     if free_bits is None and kl == "sample":
@@ -289,5 +303,102 @@ def log_marginal(model: VAE, *, num_samples: int = 5000, chunk_size: int = 250,
     var = var * num_samples / max(num_samples - 1, 1)
     stderr = jnp.sqrt(var / num_samples) / mean
     return value, stderr
+
+  return _with_checks(model, body)
+
+
+def renyi(model: VAE, *, alpha: float, num_samples: int, estimator: str = "reparam") -> Objective:
+  r"""Variational Rényi bound L_α (Li & Turner 2016): α = 0 is IWAE_K, α → 1 the ELBO.
+
+  Args:
+    alpha: the order α ≥ 0 (α < 0 is not a lower bound and is rejected).
+    num_samples: K ≥ 1.
+    estimator: ``"reparam"`` or ``"stl"``.
+  """
+  _check_model(model)
+  _check_num_samples(num_samples)
+  _check_estimator(estimator, ("reparam", "stl"))
+  if alpha < 0:
+    raise ValueError(f"renyi alpha must be >= 0 for a lower bound, got {alpha}")
+
+  def body(params, key, x, beta):
+    lw = sample_log_weights(model, params, key, x, num_samples, estimator=estimator, beta=beta)
+    return _bounds.renyi(lw.value, alpha)
+
+  return _with_checks(model, body)
+
+
+def _grouped(lw: Array, num_groups: int) -> Array:
+  return lw.reshape(num_groups, lw.shape[0] // num_groups, *lw.shape[1:])
+
+
+def miwae(model: VAE, *, num_groups: int, num_samples: int,
+          estimator: str = "reparam") -> Objective:
+  r"""MIWAE(M, K): the average of M independent IWAE_K bounds (Rainforth et al. 2018).
+
+  Args:
+    num_groups: M ≥ 1.
+    num_samples: K ≥ 1 samples per group (M·K in all).
+    estimator: ``"reparam"``, ``"stl"`` or ``"dreg"`` (DReG within each group).
+  """
+  _check_model(model)
+  _check_num_samples(num_groups, "num_groups")
+  _check_num_samples(num_samples)
+  _check_estimator(estimator)
+  total = num_groups * num_samples
+
+  def body(params, key, x, beta):
+    lw = sample_log_weights(model, params, key, x, total, estimator=estimator, beta=beta)
+    if estimator != "dreg":
+      return _bounds.miwae(_grouped(lw.value, num_groups))
+    th, ph = _grouped(lw.theta, num_groups), _grouped(lw.phi, num_groups)
+    sur = jnp.mean(_weighted(th, th, 1, 1) + _weighted(th, ph, 1, 2), axis=0)
+    return _with_surrogate(_bounds.miwae(th), sur)
+
+  return _with_checks(model, body)
+
+
+def ciwae(model: VAE, *, num_samples: int, elbo_weight: float,
+          estimator: str = "reparam") -> Objective:
+  r"""CIWAE_β = β·ELBO + (1 − β)·IWAE_K on the same K samples (Rainforth et al. 2018).
+
+  Args:
+    num_samples: K ≥ 1.
+    elbo_weight: β in [0, 1] (named so as not to clash with the warm-up ``beta``).
+    estimator: ``"reparam"`` or ``"stl"``.
+  """
+  _check_model(model)
+  _check_num_samples(num_samples)
+  _check_estimator(estimator, ("reparam", "stl"))
+  if not 0.0 <= elbo_weight <= 1.0:
+    raise ValueError(f"ciwae elbo_weight must be in [0, 1], got {elbo_weight}")
+
+  def body(params, key, x, beta):
+    lw = sample_log_weights(model, params, key, x, num_samples, estimator=estimator, beta=beta)
+    return _bounds.ciwae(lw.value, elbo_weight)
+
+  return _with_checks(model, body)
+
+
+def piwae(model: VAE, *, num_groups: int, num_samples: int,
+          estimator: str = "reparam") -> Objective:
+  r"""PIWAE(M, K) (Rainforth et al. 2018): the decoder follows IWAE_{M·K}, the encoder MIWAE(M, K).
+
+  The value returned is IWAE_{M·K}; the encoder gradient is that of MIWAE(M, K), standard
+  (``"reparam"``) or doubly reparameterized within each group (``"dreg"``).
+  """
+  _check_model(model)
+  _check_num_samples(num_groups, "num_groups")
+  _check_num_samples(num_samples)
+  _check_estimator(estimator, ("reparam", "dreg"))
+  total = num_groups * num_samples
+  power = 2 if estimator == "dreg" else 1
+
+  def body(params, key, x, beta):
+    lw = sample_log_weights(model, params, key, x, total, estimator=estimator, beta=beta,
+                            split=True)
+    th, ph = _grouped(lw.theta, num_groups), _grouped(lw.phi, num_groups)
+    sur = _weighted(lw.theta, lw.theta, 0, 1) + jnp.mean(_weighted(th, ph, 1, power), axis=0)
+    return _with_surrogate(_bounds.iwae(lw.theta), sur)
 
   return _with_checks(model, body)

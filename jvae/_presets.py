@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
+from jvae._flows import IAFPosterior
 from jvae._likelihoods import BernoulliLikelihood, GaussianLikelihood
 from jvae._models import VAE
 from jvae._networks import MLP, Decoder, Encoder
@@ -21,10 +22,8 @@ def _posterior_head(posterior: str, latent_dim: int, iaf_steps: int, iaf_hidden:
   if posterior == "fullcov":
     return FullCovGaussianPosterior(latent_dim)
   if posterior == "iaf":
-    from jvae._flows import IAFPosterior  # layer-2 flow, imported only when asked for
-
     return IAFPosterior(latent_dim, num_steps=iaf_steps, hidden=tuple(iaf_hidden),
-                        context_dim=max(iaf_hidden[0] if iaf_hidden else latent_dim, 1))
+                        context_dim=iaf_hidden[0])
   raise ValueError(f"unknown posterior {posterior!r}; expected one of {POSTERIORS}")
 
 

@@ -145,7 +145,7 @@ class FullCovarianceTest(chex.TestCase):
 
     a = self.variant(fn)(lower, jax.random.key(9))
     b = self.variant(fn)(lower2, jax.random.key(9))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
       np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
 
 
@@ -426,7 +426,7 @@ class NumericsTest(chex.TestCase):
 
     def fn(logits, x):
       return (_numerics.bernoulli_log_prob(logits, x),
-              jax.grad(lambda l: jnp.sum(_numerics.bernoulli_log_prob(l, x)))(logits))
+              jax.grad(lambda lg: jnp.sum(_numerics.bernoulli_log_prob(lg, x)))(logits))
 
     val, grad = self.variant(fn)(logits, x)
     np.testing.assert_allclose(val, [0.0, -1e4, -1e4, 0.0], rtol=1e-6, atol=1e-6)

@@ -32,9 +32,9 @@ def _made_params(seed, d=D, hidden=HIDDEN, context_dim=CONTEXT):
   """Random, non-zero MADE weights (no small init), for the mask tests."""
   shapes = {"input_kernel": (d, hidden[0]), "input_bias": (hidden[0],),
             "context_kernel": (context_dim, hidden[0])}
-  for l, (a, b) in enumerate(itertools.pairwise(hidden)):
-    shapes[f"hidden_{l}_kernel"] = (a, b)
-    shapes[f"hidden_{l}_bias"] = (b,)
+  for layer, (a, b) in enumerate(itertools.pairwise(hidden)):
+    shapes[f"hidden_{layer}_kernel"] = (a, b)
+    shapes[f"hidden_{layer}_bias"] = (b,)
   for head in ("m", "s"):
     shapes[f"{head}_kernel"] = (hidden[-1], d)
     shapes[f"{head}_bias"] = (d,)
@@ -51,7 +51,7 @@ def _perturb(params, seed, scale=0.3):
       lambda x: jnp.asarray(x + scale * rng.standard_normal(x.shape).astype(x.dtype)), params)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model_and_params(num_steps, perturb=True):
   """An IAFPosterior, its init params (perturbed if asked) and features h; cached per config."""
   model = IAFPosterior(D, num_steps=num_steps, hidden=HIDDEN, context_dim=CONTEXT)
@@ -259,11 +259,16 @@ def test_finite_at_scale_floor():
   assert np.all(np.isfinite(q.log_prob(z)))
 
 
-def test_gradient_of_mean_log_q_is_finite():
+@pytest.mark.parametrize("through_inverse", [False, True])
+def test_gradient_of_mean_log_q_is_finite(through_inverse):
   model, params, h = _model_and_params(2)
+  z_ext = _normal(4, (K, BATCH, D))
 
   def loss(p):
-    _, log_q = model.apply(p, h).sample_and_log_prob(seed=jax.random.key(2), sample_shape=(K,))
+    q = model.apply(p, h)
+    if through_inverse:  # log q of an external z: reverse-mode through the fori_loop inverse.
+      return jnp.mean(q.log_prob(z_ext))
+    _, log_q = q.sample_and_log_prob(seed=jax.random.key(2), sample_shape=(K,))
     return jnp.mean(log_q)
 
   grads = jax.tree.map(np.asarray, jax.jit(jax.grad(loss))(params))
@@ -272,6 +277,18 @@ def test_gradient_of_mean_log_q_is_finite():
   for name in ("base", "context", "step_0", "step_1"):
     total = sum(float(np.sum(np.abs(g))) for g in jax.tree.leaves(grads["params"][name]))
     assert total > 0.0, name
+
+
+def test_without_context():
+  model = IAFPosterior(D, num_steps=2, hidden=HIDDEN, context_dim=0)
+  h = _normal(1, (BATCH, FEATURES))
+  params = _perturb(model.init(jax.random.key(0), h), 2)
+  assert "context" not in params["params"]
+  assert "context_kernel" not in params["params"]["step_0"]
+  q = model.apply(params, h)
+  z, log_q = q.sample_and_log_prob(seed=jax.random.key(3), sample_shape=(K,))
+  chex.assert_shape(z, (K, BATCH, D))
+  np.testing.assert_allclose(q.log_prob(z), log_q, rtol=1e-4, atol=1e-4)
 
 
 class JitTest(chex.TestCase):

@@ -1,0 +1,171 @@
+"""The epoch loop over many seeds at once, with per-seed early stopping (layer 5).
+
+Seeds are an axis: every leaf of :class:`FitState` (but ``epoch``) has a leading axis of size
+``num_seeds``, and one compiled program trains all of them by ``jax.vmap``. Each seed keeps its own
+best parameters on the validation bound, and stops (its state is frozen) once the bound has not
+improved for ``patience`` epochs (design: stop when the validation likelihood starts to fall). A
+seed's non-finite step is skipped for that seed only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jvae._training import Trainer, TrainState, evaluate
+
+Array = jax.Array
+
+
+class FitState(NamedTuple):
+  """Training state of N seeds plus early-stopping bookkeeping; a plain pytree.
+
+  Attributes:
+    train: stacked :class:`TrainState` (leading axis N).
+    best_params: per-seed parameters with the best validation bound so far.
+    best_value: ``(N,)`` best validation bound (``-inf`` before the first evaluation).
+    best_epoch: ``(N,)`` epoch (1-based) of ``best_params``; 0 = initial params.
+    bad_epochs: ``(N,)`` epochs since the last improvement.
+    active: ``(N,)`` whether the seed is still training.
+    eval_key: ``(N,)`` per-seed key for validation estimates (``fold_in`` the epoch).
+    epoch: number of completed epochs (scalar).
+  """
+
+  train: TrainState
+  best_params: Any
+  best_value: Array
+  best_epoch: Array
+  bad_epochs: Array
+  active: Array
+  eval_key: Array
+  epoch: Array
+
+
+def seed_keys(seed: int, num_seeds: int) -> Array:
+  """Keys for seeds ``seed, seed+1, …``: run i of a multi-seed run equals a 1-seed run of seed+i."""
+  return jnp.stack([jax.random.key(seed + i) for i in range(num_seeds)])
+
+
+def fit_init(model, trainer: Trainer, keys: Array, x_example: Array) -> FitState:
+  """Initialise N seeds from ``keys`` of shape ``(N,)``: each is split into init/train/eval keys."""
+  if keys.ndim != 1:
+    raise ValueError(f"keys must have shape (num_seeds,), got {keys.shape}")
+
+  def one(key):
+    init_key, train_key, eval_key = jax.random.split(key, 3)
+    params = model.init(init_key, x_example)
+    return trainer.init(params, train_key), params, eval_key
+
+  train, params, eval_key = jax.jit(jax.vmap(one))(keys)
+  n = keys.shape[0]
+  return FitState(train, params, jnp.full((n,), -jnp.inf), jnp.zeros((n,), jnp.int32),
+                  jnp.zeros((n,), jnp.int32), jnp.ones((n,), bool), eval_key,
+                  jnp.zeros((), jnp.int32))
+
+
+def _select(mask: Array, new, old):
+  def pick(a, b):
+    m = mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
+    return jnp.where(m, a, b)
+
+  return jax.tree_util.tree_map(pick, new, old)
+
+
+def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: int | None,
+                  eval_batch_size: int = 500) -> Callable:
+  """A pure ``(FitState, train, valid) -> (FitState, metrics)`` for one epoch of all seeds."""
+
+  def epoch_fn(fs: FitState, train: Array, valid: Array | None):
+    new_train, m = jax.vmap(trainer.epoch, in_axes=(0, None))(fs.train, train)
+    train_state = _select(fs.active, new_train, fs.train)
+    epoch = fs.epoch + 1
+    metrics = {"train_bound": m["bound"], "nonfinite": m["nonfinite"], "beta": m["beta"]}
+    if valid_bound is None or valid is None:
+      return fs._replace(train=train_state, best_params=train_state.params, epoch=epoch,
+                         best_epoch=jnp.where(fs.active, epoch, fs.best_epoch)), metrics
+
+    def val(params, key):
+      return evaluate(valid_bound, params, jax.random.fold_in(key, epoch), valid,
+                      batch_size=eval_batch_size)
+
+    v = jax.vmap(val)(train_state.params, fs.eval_key)
+    improved = fs.active & (v > fs.best_value)
+    bad = jnp.where(improved, 0, fs.bad_epochs + fs.active.astype(jnp.int32))
+    active = fs.active if patience is None else fs.active & (bad < patience)
+    fs = FitState(train_state, _select(improved, train_state.params, fs.best_params),
+                  jnp.where(improved, v, fs.best_value),
+                  jnp.where(improved, epoch, fs.best_epoch), bad, active, fs.eval_key, epoch)
+    metrics.update(valid_bound=v, best_valid_bound=fs.best_value, active=active)
+    return fs, metrics
+
+  return epoch_fn
+
+
+def fit(trainer: Trainer, state: FitState, train: Array, valid: Array | None = None, *,
+        epochs: int, valid_bound: Callable | None = None, patience: int | None = None,
+        eval_batch_size: int = 500, callback: Callable | None = None,
+        epoch_fn: Callable | None = None) -> tuple[FitState, list[dict]]:
+  """Train all seeds of ``state`` for up to ``epochs`` epochs (counting those already done).
+
+  One jitted call per epoch (one host sync); stops early when every seed has stopped.
+
+  Args:
+    trainer: from :func:`jvae.trainer`.
+    state: from :func:`fit_init` (or a restored checkpoint: training resumes at ``state.epoch``).
+    train: ``(N, *event)`` training data (device-resident; sharded or replicated as you like).
+    valid: optional validation data for early stopping and best-params selection.
+    epochs: total number of epochs.
+    valid_bound: ``f(params, key, x)``, the validation bound (e.g. ``jvae.elbo(model)``).
+    patience: epochs without improvement before a seed stops; None never stops early.
+    eval_batch_size: batch size for validation.
+    callback: ``callback(state, record)`` after every epoch (checkpoints, progress bars).
+    epoch_fn: a prebuilt (e.g. sharded, jitted) epoch function; default builds and jits one.
+  Returns:
+    The final state and a list of per-epoch records: host numpy metrics (each ``(N,)``), the
+    epoch number, and ``seconds`` and ``steps_per_s`` for the epoch.
+  """
+  if epochs < 0:
+    raise ValueError(f"epochs must be >= 0, got {epochs}")
+  if epoch_fn is None:
+    epoch_fn = jax.jit(make_epoch_fn(trainer, valid_bound, patience=patience,
+                                     eval_batch_size=eval_batch_size))
+  history = []
+  steps_per_epoch = None
+  while int(state.epoch) < epochs and bool(np.any(np.asarray(state.active))):
+    start = time.perf_counter()
+    step_before = np.asarray(state.train.step)
+    state, metrics = epoch_fn(state, train, valid)
+    metrics = jax.device_get(metrics)
+    seconds = time.perf_counter() - start
+    steps_per_epoch = int(np.max(np.asarray(state.train.step) - step_before))
+    record = {"epoch": int(state.epoch), "seconds": seconds,
+              "steps_per_s": steps_per_epoch / seconds if seconds > 0 else float("nan"),
+              **{k: np.asarray(v) for k, v in metrics.items()}}
+    history.append(record)
+    if callback is not None:
+      callback(state, record)
+  return state, history
+
+
+def summarize(values, confidence: float = 0.95) -> dict:
+  """Mean, standard deviation and a Student-t confidence interval over seeds.
+
+  Args:
+    values: ``(N,)`` one final metric per seed.
+  Returns:
+    ``{"mean", "std", "ci_low", "ci_high", "n"}``; with N = 1 the interval is the point itself.
+  """
+  from scipy import stats  # scipy comes with scikit-learn
+
+  v = np.asarray(values, np.float64).reshape(-1)
+  n = v.size
+  mean = float(v.mean())
+  std = float(v.std(ddof=1)) if n > 1 else 0.0
+  half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0
+  return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n,
+          "confidence": confidence}
