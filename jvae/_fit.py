@@ -63,7 +63,7 @@ def fit_init(model, trainer: Trainer, keys: Array, x_example: Array) -> FitState
 
   train, params, eval_key = jax.jit(jax.vmap(one))(keys)
   n = keys.shape[0]
-  return FitState(train, params, jnp.full((n,), -jnp.inf), jnp.zeros((n,), jnp.int32),
+  return FitState(train, params, jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.int32),
                   jnp.zeros((n,), jnp.int32), jnp.ones((n,), bool), eval_key,
                   jnp.zeros((), jnp.int32))
 

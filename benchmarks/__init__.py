@@ -1,0 +1,1 @@
+"""Benchmark scripts for jvae; run each as ``python benchmarks/<name>.py``."""
