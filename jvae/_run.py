@@ -77,6 +77,7 @@ class Run:
   def __init__(self, cfg: dict, *, mesh=None):
     self.cfg = cfg
     self.data = jdata.load(cfg["data"])
+    _check_config(cfg, self.data.train.shape[0])
     self.model = build_model(cfg, self.data.event_shape)
     try:
       self.objective = build_bound(self.model, cfg, for_training=True)
@@ -165,7 +166,6 @@ def train(args, parser) -> int:
     axis = "data" if cfg["parallel"] == "data" else "seeds"
     mesh = _parallel.make_mesh(cfg["devices"], axis)
   run = Run(cfg, mesh=mesh)
-  _check_config(cfg, run.data.train.shape[0])
   run_dir.mkdir(parents=True, exist_ok=True)
   _cli.write_json(run_dir / "config.json", cfg)
 
