@@ -43,7 +43,9 @@ def gaussian_kl(mu_q: Array, log_sigma_q: Array, mu_p: Array, log_sigma_p: Array
 def bernoulli_log_prob(logits: Array, x: Array) -> Array:
   r"""Elementwise ``log Bernoulli(x | sigmoid(logits))`` for x in [0, 1].
 
-  Uses ``x * log_sigmoid(l) + (1 - x) * log_sigmoid(-l)``, finite with finite gradients for any
-  finite logit (e.g. ±1e4), unlike ``log(sigmoid(l))``.
+  Computes x·log σ(l) + (1−x)·log σ(−l) in the equivalent form ``x * l - softplus(l)`` (since
+  log σ(l) = l − softplus(l) and log σ(−l) = −softplus(l)): one stable softplus per element instead
+  of two log-sigmoids, finite with finite gradient x − σ(l) for any finite logit (e.g. ±1e4),
+  unlike ``log(sigmoid(l))``, which returns −inf/NaN once σ(l) rounds to 0 or 1.
   """
-  return x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)
+  return x * logits - jax.nn.softplus(logits)

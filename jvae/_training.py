@@ -94,10 +94,9 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     b = schedule(state.step)
 
     def loss_fn(params):
-      bound = objective(params, sub, x, beta=b)
-      return -jnp.mean(bound), bound
+      return -jnp.mean(objective(params, sub, x, beta=b))
 
-    (loss, bound), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & _all_finite(grads)

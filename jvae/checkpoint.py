@@ -108,7 +108,7 @@ def restore_latest(directory, target) -> tuple[int, Any, dict] | None:
       return step, _data_to_keys(restored, target), manifest["metadata"]
     except _Invalid as e:
       problem = str(e)
-    except Exception as e:  # noqa: BLE001  Any failure means: fall back to an older checkpoint.
+    except Exception as e:
       problem = f"restore failed: {type(e).__name__}: {e}"
     warnings.warn(f"Skipping checkpoint {path}: {problem}", CheckpointWarning, stacklevel=2)
   return None
