@@ -73,7 +73,7 @@ def run(name, spec, data, args):
   tr = jvae.trainer(objective, optax.adam(args.lr), batch_size=100)
   state = jvae.fit_init(model, tr, jvae.seed_keys(args.seed, 1), train[:2])
   start = time.perf_counter()
-  state, hist = jvae.fit(tr, state, train, valid, epochs=args.epochs,
+  state, _ = jvae.fit(tr, state, train, valid, epochs=args.epochs,
                          valid_bound=jvae.elbo(model, kl="sample"),
                          callback=lambda s, r: log(f"{name}: epoch {r['epoch']} "
                                                    f"train {float(r['train_bound'][0]):.2f} "
