@@ -31,6 +31,7 @@ from jvae._posteriors import (
     TriangularAffine,
     standard_normal,
 )
+from jvae._parallel import batch_sharding, make_mesh, place_fit_state, replicated
 from jvae._presets import PRESETS, burda2015, kingma2014, mlp_vae
 
 __version__ = "0.1.0"
@@ -70,6 +71,10 @@ __all__ = [
     "fit_init",
     "make_epoch_fn",
     "seed_keys",
+    "make_mesh",
+    "batch_sharding",
+    "place_fit_state",
+    "replicated",
     "summarize",
     "sample_log_weights",
     "LogWeights",
