@@ -263,10 +263,11 @@ class TorchImpl:
 
   name = "torch_eager"
 
-  def __init__(self, data: np.ndarray, init: dict, seed: int):
+  def __init__(self, data: np.ndarray, init: dict, seed: int, threads: int | None = None):
     import torch
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(threads or os.cpu_count())
+    self.threads = torch.get_num_threads()
     torch.manual_seed(seed)
     self._torch = torch
     self._data = torch.from_numpy(np.ascontiguousarray(data, np.float32))
@@ -276,8 +277,8 @@ class TorchImpl:
       for name in LAYERS:
         w, b = init[name]
         layer = getattr(self.model, name)
-        layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-        layer.bias.copy_(torch.from_numpy(b))
+        layer.weight.copy_(torch.from_numpy(np.array(w.T, np.float32)))
+        layer.bias.copy_(torch.from_numpy(np.array(b, np.float32)))
     self._opt = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
     self.train_bound = float("nan")
 
@@ -308,7 +309,7 @@ class TorchImpl:
   def own_forward(self, x):
     torch = self._torch
     with torch.no_grad():
-      mu, sigma = self.model.encode(torch.from_numpy(np.asarray(x, np.float32)))
+      mu, sigma = self.model.encode(torch.from_numpy(np.array(x, np.float32)))
       logits = self.model.decode(mu)
     return mu.numpy(), sigma.numpy(), logits.numpy()
 
@@ -342,7 +343,7 @@ def _torch_vae(torch, dim: int):
   return TorchVAE()
 
 
-def build(name: str, data, train_np: np.ndarray, key, seed: int):
+def build(name: str, data, train_np: np.ndarray, key, args):
   if name == "jvae":
     return setup_jvae(data, key)
   if name == "flax_optax":
@@ -354,7 +355,8 @@ def build(name: str, data, train_np: np.ndarray, key, seed: int):
   if name == "torch_eager":
     init = HandVAE(data.shape[1]).init(key, data[:BATCH_SIZE],
                                        jnp.zeros((BATCH_SIZE, LATENT)))["params"]
-    return TorchImpl(train_np, _hand_canonical(init["encoder"], init["decoder"]), seed)
+    return TorchImpl(train_np, _hand_canonical(init["encoder"], init["decoder"]), args.seed,
+                     args.torch_threads)
   raise ValueError(f"unknown implementation {name!r}")
 
 
@@ -386,6 +388,10 @@ def parse_args(argv=None):
   p.add_argument("--impls", nargs="+", choices=ALL_IMPLS, default=None,
                  help="implementations to run (default: all; torch_eager only if torch imports)")
   p.add_argument("--quick", action="store_true", help="short run: 100 steps per epoch, 3 rounds")
+  p.add_argument("--torch-threads", type=int, default=None,
+                 help="torch.set_num_threads (default os.cpu_count()). Under load from other "
+                      "processes OpenMP's spin-waiting makes >1 thread very slow; "
+                      "OMP_WAIT_POLICY=PASSIVE in the environment avoids that")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="also write the JSON record to this file")
   args = p.parse_args(argv)
@@ -439,7 +445,7 @@ def main(argv=None) -> int:
       f"{epochs * steps} steps each")
 
   keys = jax.random.split(jax.random.key(args.seed), len(ALL_IMPLS))
-  impls = {name: build(name, data, train_np, keys[ALL_IMPLS.index(name)], args.seed)
+  impls = {name: build(name, data, train_np, keys[ALL_IMPLS.index(name)], args)
            for name in names}
   sizes = {name: count_params(impl.canonical()) for name, impl in impls.items()}
   log("parameters: " + ", ".join(f"{n} {s}" for n, s in sizes.items()))
@@ -447,6 +453,13 @@ def main(argv=None) -> int:
     log("error: the implementations differ in size; they are not the same architecture")
     return 2
 
+  # Pay JAX's one-off first-compile costs here, not in the first implementation's compile_s.
+  jax.jit(lambda a: jnp.tanh(a @ a.T).sum()).lower(data[:BATCH_SIZE]).compile()
+  load_before = os.getloadavg()
+  if load_before[0] > info["cpu_usable"]:
+    log(f"warning: load average {load_before[0]:.1f} > {info['cpu_usable']} CPUs: other "
+        "processes compete for the cores; steps/s will be noisy (and torch with >1 thread "
+        "slow unless OMP_WAIT_POLICY=PASSIVE)")
   compile_s, first_epoch_s = {}, {}
   for name, impl in impls.items():
     compile_s[name] = impl.compile()
@@ -459,11 +472,14 @@ def main(argv=None) -> int:
       log(f"warm-up {i + 1} {name:>18}: {dt:.2f} s ({steps / dt:.1f} steps/s)")
 
   times = {name: [] for name in impls}
+  cpu_per_wall = {name: [] for name in impls}  # < cpu_usable: other processes took the cores
   for r in range(args.rounds):
     shift = r % len(names)
     order = names[shift:] + names[:shift]  # rotate: every impl takes every position in turn
     for name in order:
+      cpu0 = time.process_time()
       times[name].append(impls[name].epoch())
+      cpu_per_wall[name].append((time.process_time() - cpu0) / times[name][-1])
     log(f"round {r + 1}/{args.rounds}: " + ", ".join(
         f"{name} {steps / times[name][-1]:.1f}" for name in names) + " steps/s")
 
@@ -485,7 +501,8 @@ def main(argv=None) -> int:
   rows = [{"impl": name, "steps_per_s": rate[name], "compile_s": compile_s[name],
            "first_epoch_s": first_epoch_s[name], "epoch_s": times[name],
            "test_elbo": test_elbo[name], "train_bound_last_epoch": impls[name].train_bound,
-           "steps": epochs * steps, "convert_max_abs_err": conv_err[name]} for name in names]
+           "steps": epochs * steps, "convert_max_abs_err": conv_err[name],
+           "cpu_per_wall": statistics.median(cpu_per_wall[name])} for name in names]
 
   jax_peers = [n for n in names if n in JAX_IMPLS and n != "jvae"]
   fastest = max(jax_peers, key=rate.get) if jax_peers else None
@@ -507,12 +524,12 @@ def main(argv=None) -> int:
 
   log("")
   log(f"{'impl':>18} {'steps/s':>8} {'compile s':>9} {'1st epoch s':>11} {'test ELBO':>9} "
-      f"{'train bound':>11} {'steps':>6} {'conv err':>8}")
+      f"{'train bound':>11} {'steps':>6} {'conv err':>8} {'cpu/wall':>8}")
   for row in rows:
     log(f"{row['impl']:>18} {row['steps_per_s']:8.1f} {_fmt(row['compile_s'], '9.2f'):>9} "
         f"{row['first_epoch_s']:11.2f} {row['test_elbo']:9.2f} "
         f"{row['train_bound_last_epoch']:11.2f} {row['steps']:6d} "
-        f"{row['convert_max_abs_err']:8.1e}")
+        f"{row['convert_max_abs_err']:8.1e} {row['cpu_per_wall']:8.2f}")
   log(f"test ELBO: common evaluation of converted parameters (single sample, analytic KL, "
       f"{test_x.shape[0]} test images, fixed key {EVAL_SEED})"
       + (f"; jvae's own jvae.elbo: {own_jvae:.2f}" if own_jvae is not None else ""))
@@ -540,6 +557,9 @@ def main(argv=None) -> int:
       "num_test": int(test_x.shape[0]),
       "num_params": next(iter(sizes.values())),
       "data": data_name,
+      "torch_threads": getattr(impls.get("torch_eager"), "threads", None),
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+      "load_average": {"start": load_before, "end": os.getloadavg()},
       **info,
   }
   _common.emit(record, args.out)
