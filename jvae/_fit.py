@@ -84,7 +84,9 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
     new_train, m = jax.vmap(trainer.epoch, in_axes=(0, None))(fs.train, train)
     train_state = _select(fs.active, new_train, fs.train)
     epoch = fs.epoch + 1
-    metrics = {"train_bound": m["bound"], "nonfinite": m["nonfinite"], "beta": m["beta"]}
+    # A stopped seed's epoch is computed (vmap) and discarded: report NaN, not the discarded value.
+    metrics = {"train_bound": jnp.where(fs.active, m["bound"], jnp.nan),
+               "nonfinite": jnp.where(fs.active, m["nonfinite"], 0), "beta": m["beta"]}
     if valid_bound is None or valid is None:
       return fs._replace(train=train_state, best_params=train_state.params, epoch=epoch,
                          best_epoch=jnp.where(fs.active, epoch, fs.best_epoch)), metrics

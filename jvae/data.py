@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import numpy as np
 import sklearn.datasets
-from tqdm.auto import tqdm
 
 DATASETS = ("binarized_mnist", "digits")
 _ALIASES = {"mnist": "binarized_mnist"}
@@ -234,6 +233,8 @@ def _download_amat(path: pathlib.Path, split: str) -> np.ndarray:
   ``path`` only ever appears complete and verified.
   """
   url = f"{MNIST_URL.rstrip('/')}/{path.name}"
+  from tqdm.auto import tqdm  # only when downloading: no widget warning on plain imports
+
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
   try:

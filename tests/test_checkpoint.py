@@ -37,7 +37,7 @@ def _raw(x) -> tuple:
 
 def _assert_same(actual, expected) -> None:
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
     assert isinstance(a, jax.Array)
     assert a.devices() == {jax.devices()[0]}
     assert _raw(a) == _raw(e)

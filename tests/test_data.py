@@ -59,7 +59,7 @@ def test_digits_shapes_and_values():
 
 def test_digits_fixed_permuted_split():
   ds, again = data.load_digits(), data.load("digits")
-  for a, b in zip(ds[1:4], again[1:4]):
+  for a, b in zip(ds[1:4], again[1:4], strict=True):
     np.testing.assert_array_equal(a, b)
   raw = (sklearn.datasets.load_digits().images.reshape(-1, 64) >= 8).astype(np.float32)
   assert not np.array_equal(ds.train, raw[:1197])
@@ -99,7 +99,7 @@ def test_npz_identical_to_amat(tmp_path, tiny):
   assert_matches(from_npz, tiny)
   write_amat(tmp_path / "text", tiny)
   from_amat = data.load_binarized_mnist(tmp_path / "text", download=False)
-  for a, b in zip(from_npz[1:4], from_amat[1:4]):
+  for a, b in zip(from_npz[1:4], from_amat[1:4], strict=True):
     np.testing.assert_array_equal(a, b)
 
 

@@ -11,7 +11,7 @@ def test_readme_example_runs(capsys):
   text = (ROOT / "README.md").read_text()
   (code,) = re.findall(r"## Example\n\n```python\n(.*?)```", text, re.S)
   assert "split(jax.random.key(2), 300)" in code
-  exec(compile(code.replace(", 300)", ", 20)"), "README.md", "exec"), {})  # noqa: S102
+  exec(compile(code.replace(", 300)", ", 20)"), "README.md", "exec"), {})
   out = capsys.readouterr().out
   value = float(out.split("IWAE_50:")[1])
   assert math.isfinite(value) and value < 0
