@@ -31,11 +31,22 @@ def _machine(rec: dict) -> str:
 def _f(x, fmt="{:.1f}"):
   if x is None or isinstance(x, str):
     return "—" if x is None else x
+  if not isinstance(x, (int, float)):
+    return ", ".join(f"{k} {_f(v, fmt)}" for k, v in x.items()) if isinstance(x, dict) else str(x)
   return fmt.format(x)
 
 
 def _yes(flag) -> str:
   return "met" if flag else "**missed**"
+
+
+def _by(value, goal) -> str:
+  """'met' or '**missed** by N%' for a ratio that should be at least ``goal``."""
+  if value is None or goal is None:
+    return "n/a"
+  if value >= goal:
+    return "met"
+  return f"**missed** by {100 * (1 - value / goal):.0f}% ({value:.2f} against {goal})"
 
 
 def throughput(rec):
@@ -67,9 +78,11 @@ def peers(rec):
   lines.append("")
   for key, value in (rec.get("ratios") or {}).items():
     lines.append(f"- {key}: {_f(value, '{:.2f}')}")
-  for key, value in (rec.get("goals_met") or {}).items():
-    goal = (rec.get("goals") or {}).get(key)
-    lines.append(f"- goal {key} (≥ {goal}): {_yes(value) if value is not None else 'n/a'}")
+  goals = rec.get("goals") or {}
+  ratios = rec.get("ratios") or {}
+  for key in (rec.get("goals_met") or {}):
+    goal = goals.get(key, goals.get(f"{key}_min"))
+    lines.append(f"- goal {key} ≥ {goal}: {_by(ratios.get(key), goal)}")
   return lines
 
 
@@ -82,9 +95,13 @@ def evaluation(rec):
   for k, b in mem.items():
     lines.append(f"| {k} | {_f(b / 2**20 if isinstance(b, (int, float)) else b, '{:.1f}')} |")
   lines.append("")
+  goals = rec.get("goals") or {}
+  limits = {"cpu_seconds": f"≤ {goals.get('cpu_seconds_max')} s on a CPU",
+            "extra_memory": f"≤ {goals.get('extra_memory_max_bytes', 0) / 2**20:.0f} MB",
+            "h100_seconds": f"≤ {goals.get('h100_seconds_max')} s on an H100"}
   for key, value in (rec.get("goals_met") or {}).items():
-    lines.append(f"- goal {key} ({(rec.get('goals') or {}).get(key.replace('_met', ''), '')}): "
-                 f"{_yes(value) if value is not None else 'n/a'}")
+    lines.append(f"- goal {limits.get(key, key)}: "
+                 f"{_yes(value) if value is not None else 'not measured on this device'}")
   return lines
 
 
@@ -97,7 +114,17 @@ def seeds(rec):
     lines.append(f"| {row.get('seeds')} | {_f(row.get('vmapped_seed_steps_per_s'))} | "
                  f"{_f(row.get('sequential_seed_steps_per_s'))} | "
                  f"{_f(row.get('ratio'), '{:.2f}')} |")
-  lines += ["", f"Goal on this device: {_yes(rec.get('goal_met'))} ({rec.get('goal')})."]
+  goal = rec.get("goal") or {}
+  rows = [r for r in rec.get("rows", []) if r.get("seeds", 1) > 1]
+  if rec.get("jax_backend") == "cpu":
+    worst = min((r["ratio"] for r in rows), default=None)
+    lines += ["", f"Goal on a CPU, ratio ≥ {goal.get('cpu_ratio_min')} for every N > 1: "
+              f"{_by(worst, goal.get('cpu_ratio_min'))} (worst N shown). The GPU goal "
+              f"(≥ {goal.get('gpu_ratio_at_64_min')}× at N = 64) needs a GPU record."]
+  else:
+    at64 = next((r["ratio"] for r in rows if r["seeds"] == 64), None)
+    lines += ["", f"Goal on an accelerator, ratio ≥ {goal.get('gpu_ratio_at_64_min')} at N = 64: "
+              f"{_by(at64, goal.get('gpu_ratio_at_64_min'))}."]
   return lines
 
 

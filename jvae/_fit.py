@@ -80,8 +80,20 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
                   eval_batch_size: int = 500) -> Callable:
   """A pure ``(FitState, train, valid) -> (FitState, metrics)`` for one epoch of all seeds."""
 
+  def over_seeds(fn, *args):
+    """``vmap(fn)`` over the leading seed axis of ``args``; a size-1 axis is squeezed instead.
+
+    One seed then runs the un-batched program: its non-finite guard stays a ``lax.cond`` (a
+    vmapped cond becomes a select that copies params and moments) and its matmuls avoid a size-1
+    batch axis — about 30% of a step on a CPU.
+    """
+    if jax.tree_util.tree_leaves(args[0])[0].shape[0] != 1:
+      return jax.vmap(fn)(*args)
+    out = fn(*jax.tree_util.tree_map(lambda a: a[0], args))
+    return jax.tree_util.tree_map(lambda a: a[None], out)
+
   def epoch_fn(fs: FitState, train: Array, valid: Array | None):
-    new_train, m = jax.vmap(trainer.epoch, in_axes=(0, None))(fs.train, train)
+    new_train, m = over_seeds(lambda s: trainer.epoch(s, train), fs.train)
     train_state = _select(fs.active, new_train, fs.train)
     epoch = fs.epoch + 1
     # A stopped seed's epoch is computed (vmap) and discarded: report NaN, not the discarded value.
@@ -95,7 +107,7 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
       return evaluate(valid_bound, params, jax.random.fold_in(key, epoch), valid,
                       batch_size=eval_batch_size)
 
-    v = jax.vmap(val)(train_state.params, fs.eval_key)
+    v = over_seeds(val, train_state.params, fs.eval_key)
     improved = fs.active & (v > fs.best_value)
     bad = jnp.where(improved, 0, fs.bad_epochs + fs.active.astype(jnp.int32))
     active = fs.active if patience is None else fs.active & (bad < patience)
