@@ -19,45 +19,27 @@ DATASETS = ("digits", "binarized_mnist", "mnist")
 DEFAULT_EPOCHS = 100
 
 
-def _positive_int(text: str) -> int:
-  value = _int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-  return value
+def _number(kind: type, minimum: float, *, strict: bool = False):
+  """An argparse type: a finite ``kind`` ≥ ``minimum`` (> when ``strict``), else a usage error."""
+  name = "an integer" if kind is int else "a number"
+  bound = f"{'>' if strict else '>='} {minimum:g}"
+
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"not {name}: {text!r}") from None
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+      raise argparse.ArgumentTypeError(f"must be {name} {bound}, got {text}")
+    return value
+
+  return parse
 
 
-def _int(text: str) -> int:
-  try:
-    return int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def _nonneg_int(text: str) -> int:
-  value = _int(text)
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-  return value
-
-
-def _positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-  if not (value > 0 and math.isfinite(value)):
-    raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-  return value
-
-
-def _nonneg_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-  if not (value >= 0 and math.isfinite(value)):
-    raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-  return value
+_positive_int = _number(int, 1)
+_nonneg_int = _number(int, 0)
+_positive_float = _number(float, 0, strict=True)
+_nonneg_float = _number(float, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,9 +21,9 @@ def _run_cli(args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--epochs", "-2"], "--epochs: must be >= 0"),
-    (["train", "--batch-size", "0"], "--batch-size: must be >= 1"),
-    (["train", "--lr", "nan"], "--lr: must be a positive number"),
+    (["train", "--epochs", "-2"], "--epochs: must be an integer >= 0, got -2"),
+    (["train", "--batch-size", "0"], "--batch-size: must be an integer >= 1, got 0"),
+    (["train", "--lr", "nan"], "--lr: must be a number > 0, got nan"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     (["train", "--bound", "vae"], "invalid choice: 'vae'"),
     (["train", "--batch-size", "5000", "--epochs", "0"], "larger than the training set (1197"),
