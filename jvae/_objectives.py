@@ -185,7 +185,6 @@ def _with_checks(model, fn):
     x = jnp.asarray(x) if not hasattr(x, "shape") else x
     return fn(params, key, x, beta)
 
-  objective.model = model
   return objective
 
 
