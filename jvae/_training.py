@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax import custom_batching
 
 from jvae.stabilizers import linear_warmup
 
@@ -47,7 +48,9 @@ class Trainer(NamedTuple):
     step: ``(state, x) -> (state, metrics)`` for one batch x of shape ``(batch, *event)``.
     epoch: ``(state, data) -> (state, metrics)``: shuffle ``data`` ``(N, *event)``, run
       ``N // batch_size`` steps in one ``lax.scan``; metrics are epoch means (``loss``, ``bound``)
-      and counts (``nonfinite``).
+      and counts (``nonfinite``). The result is that of ``step`` applied batch by batch; the
+      scan runs without the per-step guard and is redone with it only when a step was not
+      finite (see :func:`trainer`).
   """
 
   init: Callable[..., TrainState]
@@ -60,6 +63,28 @@ def _all_finite(tree) -> Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+@custom_batching.custom_vmap
+def _every(ok: Array) -> Array:
+  """``ok`` itself; under ``vmap``, one unbatched ``all(ok)`` over the mapped axis.
+
+  The non-finite guard branches on this, so that under ``vmap`` (seeds) the common all-finite
+  step stays a real ``lax.cond``: a batched predicate would turn the cond into an elementwise
+  select over params and optimizer moments, which XLA pays for in copies at every step.
+  """
+  return ok
+
+
+@_every.def_vmap
+def _every_vmap(axis_size, in_batched, ok):
+  del axis_size
+  (batched,) = in_batched
+  return (jnp.all(ok) if batched else ok), False
+
+
+def _where(ok: Array, new, old):
+  return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
 def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, batch_size: int,
             warmup_steps: int = 0, beta: float = 1.0,
             batch_sharding: jax.sharding.Sharding | None = None) -> Trainer:
@@ -67,6 +92,14 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
 
   The loss is ``-mean(objective(params, key, x, beta=β(step)))``. A step whose loss or gradient
   is not finite leaves params and optimizer state unchanged and increments ``state.nonfinite``.
+
+  Cost of that guard: branching on it makes XLA copy the params and optimizer moments at every
+  step (the branch outputs cannot be updated in place), a large share of a small model's step on
+  a CPU. So ``epoch`` first runs its scan unguarded; when every step was finite the guard would
+  have changed nothing and that result is kept, otherwise the epoch is run again from its start
+  with the guarded step. Under ``jax.vmap`` (seeds) both branch points test "every seed finite"
+  as one scalar, so the common case stays a real ``lax.cond`` and a non-finite seed makes the
+  others take the slow, still exact, path for that epoch (or step) only.
 
   Args:
     objective: ``f(params, key, x, *, beta) -> Array[batch]``, e.g. ``jvae.elbo(model)``.
@@ -86,7 +119,7 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key,
                       jnp.zeros((), jnp.int32))
 
-  def step(state: TrainState, x: Array):
+  def guarded_step(state: TrainState, x: Array, *, guard: bool):
     key, sub = jax.random.split(state.key)
     x = x.astype(jnp.float32)
     if batch_sharding is not None:
@@ -99,19 +132,28 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     ok = jnp.isfinite(loss) & _all_finite(grads)
 
-    def apply_update(_):
+    def apply_update():
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       return optax.apply_updates(state.params, updates), opt_state
 
-    # lax.cond, not an elementwise select: a select keeps old and new params and moments alive
-    # together and costs ~10% of a step in copies. Under vmap (seeds) it becomes a select anyway.
-    params, opt_state = jax.lax.cond(ok, apply_update,
-                                     lambda _: (state.params, state.opt_state), None)
+    def apply_where_finite():
+      return _where(ok, apply_update(), (state.params, state.opt_state))
+
+    if guard:
+      # lax.cond, not an elementwise select over params and moments. Under vmap the predicate
+      # is "every seed finite"; a step where some seed is not takes the select, which leaves
+      # that seed unchanged and updates the others.
+      params, opt_state = jax.lax.cond(_every(ok), apply_update, apply_where_finite)
+    else:
+      params, opt_state = apply_update()
     new_state = TrainState(params, opt_state, state.step + 1, key,
                            state.nonfinite + (~ok).astype(jnp.int32))
     metrics = {"loss": jnp.where(ok, loss, 0.0), "finite": ok.astype(jnp.float32),
                "beta": jnp.asarray(b, jnp.float32)}
     return new_state, metrics
+
+  def step(state: TrainState, x: Array):
+    return guarded_step(state, x, guard=True)
 
   def epoch(state: TrainState, data: Array):
     n = data.shape[0]
@@ -121,16 +163,20 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     key, perm_key = jax.random.split(state.key)
     idx = jax.random.permutation(perm_key, n)[: num_batches * batch_size]
     idx = idx.reshape(num_batches, batch_size)
-    state = state._replace(key=key)
-    before = state.nonfinite
+    start = state._replace(key=key)
 
-    def body(s, batch_idx):
-      return step(s, jnp.take(data, batch_idx, axis=0))
+    def run(guard):
+      def body(s, batch_idx):
+        return guarded_step(s, jnp.take(data, batch_idx, axis=0), guard=guard)
+      return jax.lax.scan(body, start, idx)
 
-    state, m = jax.lax.scan(body, state, idx)
+    # Fast path first: the scan without the per-step guard (see the trainer's docstring).
+    fast = run(False)
+    state, m = jax.lax.cond(_every(jnp.all(fast[1]["finite"] > 0)), lambda: fast,
+                            lambda: run(True))
     finite = jnp.maximum(jnp.sum(m["finite"]), 1.0)
     loss = jnp.sum(m["loss"]) / finite
-    return state, {"loss": loss, "bound": -loss, "nonfinite": state.nonfinite - before,
+    return state, {"loss": loss, "bound": -loss, "nonfinite": state.nonfinite - start.nonfinite,
                    "beta": m["beta"][-1]}
 
   return Trainer(init, step, epoch)

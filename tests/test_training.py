@@ -9,6 +9,7 @@ import functools
 import itertools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -297,6 +298,87 @@ def test_epoch_counts_and_excludes_nonfinite_steps():
   expected = np.mean([np.mean(vals[b] ** 2) for b in finite_batches])
   np.testing.assert_allclose(float(m["loss"]), expected, rtol=1e-6)
   np.testing.assert_allclose(float(m["bound"]), -expected, rtol=1e-6)
+
+
+def _manual_epoch(tr, st, data, batch_size):
+  """The epoch as its definition: split the key, permute, guarded steps one by one."""
+  n = data.shape[0]
+  key, perm_key = jax.random.split(st.key)
+  perm = np.asarray(jax.random.permutation(perm_key, n))
+  st = st._replace(key=key)
+  step = jax.jit(tr.step)
+  for i in range(n // batch_size):
+    st, _ = step(st, data[perm[i * batch_size:(i + 1) * batch_size]])
+  return st
+
+
+def test_epoch_with_a_nonfinite_step_equals_guarded_steps():
+  """A non-finite step mid-epoch: the epoch is redone with the guard (no fast-path leftovers).
+
+  Adam with a real learning rate, so that a step taken on the poisoned batch, or moments touched
+  by its NaN gradient, would show in the params.
+  """
+  n, batch_size, bad_row = 24, 4, 9
+  data = jax.random.normal(jax.random.key(4), (n, 3)).at[bad_row, 1].set(MARKER)
+  tr = jvae.trainer(_poisoned(_noisy_quad), optax.adam(0.1), batch_size=batch_size)
+  st0 = tr.init({"w": jnp.ones(3)}, jax.random.key(6))
+  st, m = jax.jit(tr.epoch)(st0, data)
+  ref = _manual_epoch(tr, st0, data, batch_size)
+  assert int(m["nonfinite"]) == int(st.nonfinite) == int(ref.nonfinite) == 1
+  assert np.all(np.isfinite(np.asarray(st.params["w"])))
+  _assert_trees_close(st.params, ref.params)
+  _assert_trees_close(st.opt_state, ref.opt_state)
+  # the poisoned step is a real skip: the result differs from the same epoch without that row
+  clean = tr.epoch(st0, data.at[bad_row, 1].set(0.0))[0]
+  assert int(clean.nonfinite) == 0
+  assert not np.allclose(np.asarray(clean.params["w"]), np.asarray(st.params["w"]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_vmapped_epoch_one_seed_nonfinite_others_as_if_alone(use_jit):
+  """Seeds vmapped by hand: seed 1 meets a NaN batch mid-epoch, seeds 0 and 2 never do."""
+  n, batch_size = 24, 4
+  clean = jax.random.normal(jax.random.key(8), (n, 3))
+  tr = jvae.trainer(_poisoned(_noisy_quad), optax.adam(0.1), batch_size=batch_size)
+  states = [tr.init({"w": jnp.full(3, float(i))}, jax.random.key(20 + i)) for i in range(3)]
+  data = jnp.stack([clean, clean.at[5, 0].set(MARKER), clean])
+  stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
+  epoch = jax.vmap(tr.epoch)
+  out, m = (jax.jit(epoch) if use_jit else epoch)(stacked, data)
+  np.testing.assert_array_equal(np.asarray(m["nonfinite"]), [0, 1, 0])
+  for i in range(3):
+    ref = _manual_epoch(tr, states[i], data[i], batch_size)
+    _assert_trees_close(_seed(out.params, i), ref.params)
+    _assert_trees_close(_seed(out.opt_state, i), ref.opt_state)
+    assert int(out.nonfinite[i]) == int(ref.nonfinite)
+
+
+def _conds(jaxpr):
+  """Every ``cond`` equation in a closed jaxpr, sub-jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "cond":
+      found.append(eqn)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _conds(sub)
+  return found
+
+
+def test_vmapped_step_guard_stays_a_cond_on_one_predicate():
+  """Under vmap the guard branches once on 'every seed finite' (a scalar), not per seed.
+
+  A per-seed (batched) predicate would turn the cond into a select over params and optimizer
+  moments, whose copies cost a large share of a CPU step (benchmarks/seeds.py).
+  """
+  tr = jvae.trainer(_noisy_quad, optax.adam(0.1), batch_size=4)
+  st = tr.init({"w": jnp.zeros(3)}, jax.random.key(0))
+  stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), st)
+  x = jnp.ones((2, 4, 3))
+  conds = _conds(jax.make_jaxpr(jax.vmap(tr.step))(stacked, x).jaxpr)
+  assert conds, "the vmapped step has no cond left"
+  assert all(eqn.invars[0].aval.shape == () for eqn in conds)
+  conds = _conds(jax.make_jaxpr(jax.vmap(tr.epoch, in_axes=(0, None)))(stacked, x[0]).jaxpr)
+  assert conds and all(eqn.invars[0].aval.shape == () for eqn in conds)
 
 
 # ------------------------------------------------------------------------------------------------
