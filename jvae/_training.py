@@ -9,6 +9,7 @@ functions over stacked states (see :func:`jvae.fit`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -50,7 +51,7 @@ class Trainer(NamedTuple):
       ``N // batch_size`` steps in one ``lax.scan``; metrics are epoch means (``loss``, ``bound``)
       and counts (``nonfinite``). The result is that of ``step`` applied batch by batch; the
       scan runs without the per-step guard and is redone with it only when a step was not
-      finite (see :func:`trainer`).
+      finite (under ``jax.vmap``; see :func:`trainer`).
   """
 
   init: Callable[..., TrainState]
@@ -67,9 +68,9 @@ def _all_finite(tree) -> Array:
 def _every(ok: Array) -> Array:
   """``ok`` itself; under ``vmap``, one unbatched ``all(ok)`` over the mapped axis.
 
-  The non-finite guard branches on this, so that under ``vmap`` (seeds) the common all-finite
-  step stays a real ``lax.cond``: a batched predicate would turn the cond into an elementwise
-  select over params and optimizer moments, which XLA pays for in copies at every step.
+  The vmapped guard branches on this, so that the common all-finite step stays a real
+  ``lax.cond``: a batched predicate would turn the cond into an elementwise select over params
+  and optimizer moments. Over a seed axis sharded across devices it is one scalar all-reduce.
   """
   return ok
 
@@ -85,6 +86,24 @@ def _where(ok: Array, new, old):
   return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
+def _unbatched_or_vmapped(unbatched: Callable, vmapped: Callable) -> Callable:
+  """``unbatched`` as it is; under ``jax.vmap``, ``jax.vmap(vmapped)`` instead.
+
+  For two implementations of the same function whose best XLA program differs with and without
+  a batch axis (``jax.custom_batching.custom_vmap``). Every output is batched.
+  """
+  fn = custom_batching.custom_vmap(unbatched)
+
+  @fn.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    del axis_size
+    in_axes = jax.tree_util.tree_map(lambda b: 0 if b else None, tuple(in_batched))
+    out = jax.vmap(vmapped, in_axes=in_axes)(*args)
+    return out, jax.tree_util.tree_map(lambda _: True, out)
+
+  return fn
+
+
 def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, batch_size: int,
             warmup_steps: int = 0, beta: float = 1.0,
             batch_sharding: jax.sharding.Sharding | None = None) -> Trainer:
@@ -93,13 +112,15 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
   The loss is ``-mean(objective(params, key, x, beta=β(step)))``. A step whose loss or gradient
   is not finite leaves params and optimizer state unchanged and increments ``state.nonfinite``.
 
-  Cost of that guard: branching on it makes XLA copy the params and optimizer moments at every
-  step (the branch outputs cannot be updated in place), a large share of a small model's step on
-  a CPU. So ``epoch`` first runs its scan unguarded; when every step was finite the guard would
-  have changed nothing and that result is kept, otherwise the epoch is run again from its start
-  with the guarded step. Under ``jax.vmap`` (seeds) both branch points test "every seed finite"
-  as one scalar, so the common case stays a real ``lax.cond`` and a non-finite seed makes the
-  others take the slow, still exact, path for that epoch (or step) only.
+  Cost of that guard: XLA does not update the outputs of a branch in place, so a guarded step
+  copies the params and optimizer moments. Un-batched, a ``lax.cond`` whose skip branch returns
+  its inputs is the cheapest form. Under ``jax.vmap`` (seeds) the copies are N times larger and a
+  per-seed predicate would turn the cond into a select, so ``step`` and ``epoch`` have vmap
+  rules (``jax.custom_batching.custom_vmap``): the vmapped ``epoch`` first runs its scan
+  unguarded, and when every step of every seed was finite (the guard would have changed nothing)
+  keeps that result; otherwise it runs the epoch again from its start with guarded steps. Those
+  branch on one scalar, "every seed finite", and a step where some seed is not takes a per-seed
+  select; so one seed's non-finite step costs the others a slower, still exact, epoch.
 
   Args:
     objective: ``f(params, key, x, *, beta) -> Array[batch]``, e.g. ``jvae.elbo(model)``.
@@ -119,7 +140,8 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key,
                       jnp.zeros((), jnp.int32))
 
-  def guarded_step(state: TrainState, x: Array, *, guard: bool):
+  def guarded_step(state: TrainState, x: Array, *, guard: str | None):
+    """One step; ``guard``: "unbatched", "vmapped" (see the docstring above) or None."""
     key, sub = jax.random.split(state.key)
     x = x.astype(jnp.float32)
     if batch_sharding is not None:
@@ -139,10 +161,10 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     def apply_where_finite():
       return _where(ok, apply_update(), (state.params, state.opt_state))
 
-    if guard:
-      # lax.cond, not an elementwise select over params and moments. Under vmap the predicate
-      # is "every seed finite"; a step where some seed is not takes the select, which leaves
-      # that seed unchanged and updates the others.
+    if guard == "unbatched":
+      params, opt_state = jax.lax.cond(ok, apply_update,
+                                       lambda: (state.params, state.opt_state))
+    elif guard == "vmapped":
       params, opt_state = jax.lax.cond(_every(ok), apply_update, apply_where_finite)
     else:
       params, opt_state = apply_update()
@@ -152,10 +174,10 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
                "beta": jnp.asarray(b, jnp.float32)}
     return new_state, metrics
 
-  def step(state: TrainState, x: Array):
-    return guarded_step(state, x, guard=True)
+  step = _unbatched_or_vmapped(functools.partial(guarded_step, guard="unbatched"),
+                               functools.partial(guarded_step, guard="vmapped"))
 
-  def epoch(state: TrainState, data: Array):
+  def run_epoch(state: TrainState, data: Array, *, guard: str):
     n = data.shape[0]
     num_batches = n // batch_size
     if num_batches < 1:
@@ -170,14 +192,19 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
         return guarded_step(s, jnp.take(data, batch_idx, axis=0), guard=guard)
       return jax.lax.scan(body, start, idx)
 
-    # Fast path first: the scan without the per-step guard (see the trainer's docstring).
-    fast = run(False)
-    state, m = jax.lax.cond(_every(jnp.all(fast[1]["finite"] > 0)), lambda: fast,
-                            lambda: run(True))
+    if guard == "vmapped":  # unguarded first, see the docstring above
+      unguarded = run(None)
+      state, m = jax.lax.cond(_every(jnp.all(unguarded[1]["finite"] > 0)), lambda: unguarded,
+                              lambda: run(guard))
+    else:
+      state, m = run(guard)
     finite = jnp.maximum(jnp.sum(m["finite"]), 1.0)
     loss = jnp.sum(m["loss"]) / finite
     return state, {"loss": loss, "bound": -loss, "nonfinite": state.nonfinite - start.nonfinite,
                    "beta": m["beta"][-1]}
+
+  epoch = _unbatched_or_vmapped(functools.partial(run_epoch, guard="unbatched"),
+                                functools.partial(run_epoch, guard="vmapped"))
 
   return Trainer(init, step, epoch)
 

@@ -39,12 +39,14 @@ SCRIPT = textwrap.dedent("""
     leaves = [np.asarray(a).ravel().tolist() for a in jax.tree_util.tree_leaves(state.best_params)]
     shard_devices = len(state.train.params["params"]["decoder"]["head"]["logits"]["bias"]
                         .sharding.device_set)
+    reduced = set()  # dtype[shape] of every array an all-reduce carries
+    for line in hlo.splitlines():
+      if re.search(r" all-reduce(-start)?\\(", line):
+        reduced |= {f"{t}[{d}]" for t, d in re.findall(r"(\\w+)\\[([\\d,]*)\\]",
+                                                        line.split(" all-reduce")[0])}
     print(json.dumps({"n_devices": len(jax.devices()), "leaves": leaves,
                       "valid": hist[-1]["valid_bound"].tolist(), "shard_devices": shard_devices,
-                      "all_reduce": sorted({f"{t}[{d}]" for line in hlo.splitlines()
-                                            if re.search(r" all-reduce(-start)?\\(", line)
-                                            for t, d in re.findall(r"(\\w+)\\[([\\d,]*)\\]",
-                                                                   line.split(" all-reduce")[0])})}))
+                      "all_reduce": sorted(reduced)}))
 """)
 
 

@@ -353,19 +353,42 @@ def test_vmapped_epoch_one_seed_nonfinite_others_as_if_alone(use_jit):
     assert int(out.nonfinite[i]) == int(ref.nonfinite)
 
 
-def _conds(jaxpr):
-  """Every ``cond`` equation in a closed jaxpr, sub-jaxprs included."""
+def test_vmapped_step_one_seed_nonfinite():
+  """vmap(step): the NaN seed is left bitwise unchanged, the other takes its solo step."""
+  tr = jvae.trainer(_poisoned(_noisy_quad), optax.adam(0.1), batch_size=4)
+  states = [tr.init({"w": jnp.full(3, float(i))}, jax.random.key(30 + i)) for i in range(2)]
+  x = jax.random.normal(jax.random.key(9), (4, 3))
+  xs = jnp.stack([x, x.at[1, 2].set(MARKER)])
+  stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
+  out, m = jax.jit(jax.vmap(tr.step))(stacked, xs)
+  np.testing.assert_array_equal(np.asarray(m["finite"]), [1.0, 0.0])
+  solo, _ = jax.jit(tr.step)(states[0], x)
+  _assert_trees_close(_seed(out.params, 0), solo.params)
+  _assert_trees_close(_seed(out.opt_state, 0), solo.opt_state)
+  _assert_trees_equal(_seed(out.params, 1), states[1].params)
+  _assert_trees_equal(_seed(out.opt_state, 1), states[1].opt_state)
+  np.testing.assert_array_equal(np.asarray(out.nonfinite), [0, 1])
+
+
+def _eqns(jaxpr, primitive):
+  """Every ``primitive`` equation in a jaxpr, sub-jaxprs included."""
   found = []
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "cond":
+    if eqn.primitive.name == primitive:
       found.append(eqn)
     for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      found += _conds(sub)
+      found += _eqns(sub, primitive)
   return found
+
+
+def _conds(jaxpr):
+  return _eqns(jaxpr, "cond")
 
 
 def test_vmapped_step_guard_stays_a_cond_on_one_predicate():
   """Under vmap the guard branches once on 'every seed finite' (a scalar), not per seed.
+
+  And the vmapped epoch runs the unguarded scan first (the fast path in jvae/_training.py).
 
   A per-seed (batched) predicate would turn the cond into a select over params and optimizer
   moments, whose copies cost a large share of a CPU step (benchmarks/seeds.py).
@@ -377,8 +400,12 @@ def test_vmapped_step_guard_stays_a_cond_on_one_predicate():
   conds = _conds(jax.make_jaxpr(jax.vmap(tr.step))(stacked, x).jaxpr)
   assert conds, "the vmapped step has no cond left"
   assert all(eqn.invars[0].aval.shape == () for eqn in conds)
-  conds = _conds(jax.make_jaxpr(jax.vmap(tr.epoch, in_axes=(0, None)))(stacked, x[0]).jaxpr)
+  vmapped = jax.make_jaxpr(jax.vmap(tr.epoch, in_axes=(0, None)))(stacked, x[0]).jaxpr
+  conds = _conds(vmapped)
   assert conds and all(eqn.invars[0].aval.shape == () for eqn in conds)
+  # vmapped: an unguarded scan, and the guarded one only behind the cond; plain: the guarded scan
+  assert len(_eqns(vmapped, "scan")) == 2
+  assert len(_eqns(jax.make_jaxpr(tr.epoch)(st, x[0]).jaxpr, "scan")) == 1
 
 
 # ------------------------------------------------------------------------------------------------
