@@ -37,6 +37,12 @@ def _number(kind: type, minimum: float, *, strict: bool = False):
 
 
 _positive_int = _number(int, 1)
+
+
+def _seed_chunk(text: str):
+  """``auto`` or a positive integer (``--seed-chunk``)."""
+  return "auto" if text == "auto" else _positive_int(text)
+
 _nonneg_int = _number(int, 0)
 _positive_float = _number(float, 0, strict=True)
 _nonneg_float = _number(float, 0)
@@ -82,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--devices", type=_positive_int, default=None,
                  help="shard over this many devices (see --parallel)")
   t.add_argument("--parallel", choices=("data", "seeds"), default="data")
+  t.add_argument("--seed-chunk", type=_seed_chunk, default="auto", metavar="K|auto",
+                 help="with --seeds: train K seeds per vmap, lax.map over the chunks (auto: 4 on "
+                      "a CPU, all at once on an accelerator or with --parallel seeds); speed only")
   t.add_argument("--eval-samples", type=_positive_int, default=None,
                  help="K of the final test IWAE / log-likelihood estimate (default 100)")
   t.add_argument("--out", type=pathlib.Path, default=None,

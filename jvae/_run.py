@@ -185,8 +185,10 @@ def train(args, parser) -> int:
     state = _parallel.place_fit_state(state, mesh, cfg["parallel"])
     train_x = jax.device_put(train_x, _parallel.replicated(mesh))
     valid_x = jax.device_put(valid_x, _parallel.replicated(mesh))
-  epoch_fn = jax.jit(jvae.make_epoch_fn(run.trainer, run.valid_bound, patience=cfg["patience"]),
-                     donate_argnums=0)
+  # A seed axis sharded over devices is vmapped whole: chunking it would reshard it.
+  seed_chunk = None if mesh is not None and cfg["parallel"] == "seeds" else args.seed_chunk
+  epoch_fn = jax.jit(jvae.make_epoch_fn(run.trainer, run.valid_bound, patience=cfg["patience"],
+                                        seed_chunk=seed_chunk), donate_argnums=0)
 
   progress = _progress(cfg["epochs"], int(state.epoch), disable=args.no_progress)
 

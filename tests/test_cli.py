@@ -30,6 +30,8 @@ def _run_cli(args):
     (["train", "--posterior", "iaf", "--kl", "analytic", "--epochs", "0"], "no closed form"),
     (["train", "--bound", "renyi", "--estimator", "dreg", "--epochs", "0"],
      "unknown estimator 'dreg'"),
+    (["train", "--seed-chunk", "0"], "--seed-chunk: must be an integer >= 1, got 0"),
+    (["train", "--seed-chunk", "all"], "--seed-chunk: not an integer: 'all'"),
     (["eval"], "the following arguments are required: run_dir"),
 ])
 def test_usage_errors_are_not_tracebacks(args, message, capsys, tmp_path):
@@ -52,8 +54,9 @@ def test_eval_on_a_missing_run_is_a_usage_error(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
   run = tmp_path_factory.mktemp("runs") / "digits"
-  assert _run_cli(["train", "--epochs", "3", "--seeds", "2", "--eval-samples", "10",
-                   "--out", str(run), *TINY]) == 0
+  # --seed-chunk 1: the two seeds go through lax.map (auto would vmap both at once)
+  assert _run_cli(["train", "--epochs", "3", "--seeds", "2", "--seed-chunk", "1",
+                   "--eval-samples", "10", "--out", str(run), *TINY]) == 0
   return run
 
 

@@ -551,6 +551,32 @@ def test_seed_axis_equals_separate_runs():
   assert np.all(hist[-1]["train_bound"] > hist[0]["train_bound"])
 
 
+@pytest.mark.parametrize("seed_chunk", [1, 2, None])
+def test_seed_chunks_equal_one_vmap(seed_chunk):
+  """Seeds trained k at a time (lax.map over vmapped chunks; 3 = 2 + a remainder of 1) or all
+  in one vmap: the same params, best params and metrics."""
+  model, x, xv, tr, _, _ = _setup()
+  epochs = 2
+  epoch_fn = jax.jit(jvae.make_epoch_fn(tr, jvae.elbo(model), patience=None,
+                                        seed_chunk=seed_chunk))
+  fs, hist = jvae.fit(tr, _init3(), x, xv, epochs=epochs, epoch_fn=epoch_fn)
+  ref_states = _multi_run()[2]
+  ref, ref_hist = ref_states[epochs - 1], _multi_run()[1][:epochs]
+  _assert_trees_close(fs.train.params, ref.train.params)
+  _assert_trees_close(fs.train.opt_state, ref.train.opt_state)
+  _assert_trees_close(fs.best_params, ref.best_params)
+  for r, r_ref in zip(hist, ref_hist, strict=True):
+    for name in ("train_bound", "valid_bound"):
+      np.testing.assert_allclose(r[name], r_ref[name], rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("bad", ["x", 0, -1, 2.0])
+def test_seed_chunk_rejects_bad_values(bad):
+  tr = _setup()[3]
+  with pytest.raises(ValueError, match="seed_chunk"):
+    jvae.make_epoch_fn(tr, None, patience=None, seed_chunk=bad)
+
+
 def test_fit_records_and_best_tracking():
   fs, hist, states = _multi_run()
   assert [int(s.epoch) for s in states] == list(range(1, EPOCHS + 1))
