@@ -13,19 +13,25 @@ For each N (default 1, 4, 16, 64):
 * **sequential**: N separate states, each run through ``jax.jit(trainer.epoch)`` one after the
   other (one compiled single-seed program, reused for every N); the time is the total for the N
   epochs (dispatch is asynchronous; the clock stops when the last result is ready).
+* **jvae**: jvae's own seed program, ``jvae.make_epoch_fn(trainer, None, patience=None,
+  seed_chunk=--seed-chunk)`` on a ``jvae.fit_init`` state: what ``jvae.fit`` and
+  ``jvae train --seeds N`` run, without validation. With the default ``seed_chunk="auto"`` it is
+  ``lax.map`` over chunks of 4 vmapped seeds on a CPU (one vmap over all N on a GPU/TPU, where
+  this side is then the same program as *vmapped* and is not timed twice), and for N = 1 the
+  plain single-seed program. Timed only where it differs from *vmapped*.
 
-Both donate their state. After compiling and ``--warmup`` untimed rounds, the two are timed
-alternately (the order flips each repeat, so load from other processes hits both alike) for
-``--repeats`` rounds; the median time gives ``seed-steps/s = N·S / seconds``, and
-``ratio = vmapped / sequential`` seed-steps/s. Compile time is reported separately. Each row
-also has ``cpu_time_ratio``: the same ratio in seed-steps per CPU second of this process (all its
-threads; ``time.process_time``), a steadier measure of work on a machine shared with other jobs;
-the goals are judged on the wall-clock ``ratio``.
+All donate their state. After compiling and ``--warmup`` untimed rounds, the sides are timed
+one after another (the order flips each repeat, so load from other processes hits all alike) for
+``--repeats`` rounds; the median time gives ``seed-steps/s = N·S / seconds``,
+``ratio = vmapped / sequential`` and ``jvae_ratio = jvae / sequential`` seed-steps/s. Compile
+time is reported separately. Each row also has ``cpu_time_ratio`` and ``jvae_cpu_time_ratio``:
+the same ratios in seed-steps per CPU second of this process (all its threads;
+``time.process_time``), a steadier measure of work on a machine shared with other jobs.
 
-Goals: on a GPU, ratio >= 20 at N = 64; on a CPU, ratio >= 1.0 at every N > 1 (vmapped seeds
-cost no more per seed than sequential ones). N = 1 is a control: a size-1 vmapped program against
-the plain one, i.e. the cost of a batch axis alone; jvae's own seed loop (``jvae.fit``,
-``jvae train --seeds 1``) squeezes a size-1 seed axis and runs the plain program.
+Goals, judged on the wall-clock ``jvae_ratio`` (jvae's seed program): on a GPU, >= 20 at N = 64;
+on a CPU, >= 1.0 at every N > 1 (vmapped seeds cost no more per seed than sequential ones). The
+plain one-vmap ``ratio`` is reported beside it. At N = 1 ``ratio`` is a control: a size-1 vmapped
+program against the plain one, i.e. the cost of a batch axis alone.
 
 Memory (per row, under ``memory``; all in bytes):
 
@@ -35,6 +41,7 @@ Memory (per row, under ``memory``; all in bytes):
   ``argument_output_temp`` = argument + output + temp (an upper bound on what the program
   needs; donated outputs are counted twice) and ``xla_peak`` (XLA's own peak estimate, when the
   backend reports one). A static, per-program number; on every backend.
+* ``jvae_program``: the same for jvae's seed program, where it was timed.
 * ``sequential_program``: the same for the single-seed program that the sequential runs reuse
   (identical for every N), and ``sequential_states`` = N × the bytes of one train state (what the
   sequential side keeps alive between its calls, besides the one program's scratch).
@@ -68,6 +75,7 @@ import numpy as np
 import optax
 
 import jvae
+from jvae import _fit as jvae_fit
 
 try:  # run as a module: python -m benchmarks.seeds
   from benchmarks import _common
@@ -105,6 +113,9 @@ def parse_args(argv=None):
   p.add_argument("--quick", action="store_true",
                  help=f"short run: seeds {' '.join(map(str, QUICK_SEEDS))}, {QUICK_STEPS} steps, "
                       f"{QUICK_REPEATS} repeats")
+  p.add_argument("--seed-chunk", default="auto",
+                 help="seeds per vmapped chunk in jvae's seed program (jvae.make_epoch_fn's "
+                      "seed_chunk): auto (4 on a CPU, all at once elsewhere) or an integer")
   p.add_argument("--seed", type=int, default=0, help="first seed (seeds are seed, seed+1, ...)")
   p.add_argument("--out", default=None, help="also write the JSON record to this file")
   p.add_argument("--plot", default=str(DEFAULT_PLOT),
@@ -125,6 +136,13 @@ def parse_args(argv=None):
     p.error("--repeats must be >= 1")
   if args.warmup < 0:
     p.error("--warmup must be >= 0")
+  if args.seed_chunk != "auto":
+    try:
+      args.seed_chunk = int(args.seed_chunk)
+    except ValueError:
+      p.error(f"--seed-chunk must be auto or an integer, got {args.seed_chunk!r}")
+    if args.seed_chunk < 1:
+      p.error("--seed-chunk must be >= 1")
   return args
 
 
@@ -210,6 +228,22 @@ def run_sequential(fn, states, data):
   return [o[0] for o in outs], [o[1] for o in outs], seconds, time.process_time() - cpu
 
 
+def program_name(n: int, chunk: int | None) -> str:
+  """What jvae's seed program does with N seeds and chunk size k."""
+  if n == 1:
+    return "1 seed, no seed axis"
+  if chunk is None or chunk >= n:
+    return f"one vmap over {n}"
+  if chunk == 1:
+    return "lax.map over seeds"
+  return f"lax.map over chunks of {chunk} vmapped seeds"
+
+
+def run_side(side: str, fn, state, data):
+  """One epoch of every seed on one side: ``sequential`` runs them one after another."""
+  return (run_sequential if side == "sequential" else run_vmapped)(fn, state, data)
+
+
 def unstack(tree, n: int) -> list:
   return [jax.tree_util.tree_map(lambda a, i=i: a[i], tree) for i in range(n)]
 
@@ -245,8 +279,11 @@ def plot(rows: list[dict], path: str, *, device: str, backend: str, steps: int) 
   vm = [r["vmapped_seed_steps_per_s"] for r in rows]
   sq = [r["sequential_seed_steps_per_s"] for r in rows]
   ratio = [r["ratio"] for r in rows]
+  jv = [r["jvae_seed_steps_per_s"] for r in rows]
+  jratio = [r["jvae_ratio"] for r in rows]
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-  ax1.loglog(ns, vm, "o-", label="vmapped (one program)")
+  ax1.loglog(ns, vm, "o-", label="one vmap over N")
+  ax1.loglog(ns, jv, "^-", label="jvae seed program")
   ax1.loglog(ns, sq, "s--", label="sequential (N runs)")
   ax1.set_xlabel("seeds N")
   ax1.set_ylabel("seed-steps / s")
@@ -257,8 +294,9 @@ def plot(rows: list[dict], path: str, *, device: str, backend: str, steps: int) 
   ax1.grid(True, which="both", alpha=0.3)
   ax1.legend()
   ax1.set_title("throughput")
-  ax2.semilogx(ns, ratio, "o-", color="C2", label="vmapped / sequential")
-  for n, r in zip(ns, ratio, strict=True):
+  ax2.semilogx(ns, ratio, "o-", color="C0", label="one vmap / sequential")
+  ax2.semilogx(ns, jratio, "^-", color="C1", label="jvae program / sequential")
+  for n, r in zip(ns, jratio, strict=True):
     ax2.annotate(f"{r:.2f}", (n, r), textcoords="offset points", xytext=(0, 7), ha="center")
   if backend == "cpu":
     ax2.axhline(CPU_RATIO_MIN, color="k", ls=":", label=f"CPU goal >= {CPU_RATIO_MIN:g}")
@@ -269,7 +307,7 @@ def plot(rows: list[dict], path: str, *, device: str, backend: str, steps: int) 
   ax2.set_ylabel("ratio of seed-steps / s")
   ax2.set_xticks(ns, [str(n) for n in ns])
   ax2.xaxis.set_minor_formatter(NullFormatter())
-  ax2.set_ylim(bottom=0, top=max([*ratio, CPU_RATIO_MIN if backend == "cpu"
+  ax2.set_ylim(bottom=0, top=max([*ratio, *jratio, CPU_RATIO_MIN if backend == "cpu"
                                   else GPU_RATIO_AT_64_MIN]) * 1.15)
   ax2.grid(True, which="both", alpha=0.3)
   ax2.legend()
@@ -308,6 +346,13 @@ def main(argv=None) -> int:
   model = jvae.burda2015(event_shape=(data.shape[1],))
   tr = jvae.trainer(jvae.elbo(model), optax.adam(LEARNING_RATE), batch_size=BATCH_SIZE)
   vmapped_epoch = jax.vmap(tr.epoch, in_axes=(0, None))
+  # jvae's own seed program (what jvae.fit and `jvae train --seeds N` run), without validation
+  seed_epoch = jvae.make_epoch_fn(tr, None, patience=None, seed_chunk=args.seed_chunk)
+  chunk = jvae_fit._resolve_seed_chunk(args.seed_chunk)
+
+  def jvae_program(fs, data):
+    fs, metrics = seed_epoch(fs, data, None)
+    return fs, {"bound": metrics["train_bound"]}
 
   def init_states(n: int):
     """N stacked train states: seed i gets seed_keys' key i (init, shuffling and sampling)."""
@@ -332,54 +377,69 @@ def main(argv=None) -> int:
     log(f"N={n:>3}: compile vmapped: trace+lower {vm_lower:.2f} s, XLA compile {vm_comp:.2f} s; "
         f"program argument+output+temp "
         f"{mib(vm_memory and vm_memory['argument_output_temp'])}")
+    fns = {"vmapped": vm_fn, "sequential": seq_fn}
+    carry = {"vmapped": stacked, "sequential": states}
+    # jvae's seed program differs from one vmap over all N when it squeezes a single seed or
+    # trains the seeds in chunks
+    chunked = n == 1 or (chunk is not None and 1 < chunk < n)
+    if chunked:
+      fit_state = jvae.fit_init(model, tr, jvae.seed_keys(args.seed, n), data[:2])
+      ch_fn, ch_lower, ch_comp = compile_fn(jvae_program, fit_state, data)
+      fns["jvae"], carry["jvae"] = ch_fn, fit_state
+      log(f"N={n:>3}: compile jvae seed program ({program_name(n, chunk)}): trace+lower "
+          f"{ch_lower:.2f} s, XLA compile {ch_comp:.2f} s")
 
     for i in range(args.warmup):
-      stacked, _, dt_v, _ = run_vmapped(vm_fn, stacked, data)
-      states, _, dt_s, _ = run_sequential(seq_fn, states, data)
-      log(f"N={n:>3}: warm-up {i + 1}: vmapped {dt_v:.3f} s, sequential {dt_s:.3f} s")
+      for side in fns:
+        carry[side], _, _, _ = run_side(side, fns[side], carry[side], data)
+      log(f"N={n:>3}: warm-up {i + 1} done")
 
-    times = {"vmapped": [], "sequential": []}
-    cpu_times = {"vmapped": [], "sequential": []}
-    vm_metrics = seq_metrics = None
+    times = {side: [] for side in fns}
+    cpu_times = {side: [] for side in fns}
+    last = {}
     for r in range(args.repeats):
-      order = ("vmapped", "sequential") if r % 2 == 0 else ("sequential", "vmapped")
+      order = list(fns) if r % 2 == 0 else list(fns)[::-1]
       for side in order:
-        if side == "vmapped":
-          stacked, vm_metrics, dt, cpu = run_vmapped(vm_fn, stacked, data)
-        else:
-          states, seq_metrics, dt, cpu = run_sequential(seq_fn, states, data)
+        carry[side], last[side], dt, cpu = run_side(side, fns[side], carry[side], data)
         times[side].append(dt)
         cpu_times[side].append(cpu)
-      tv, ts = times["vmapped"][-1], times["sequential"][-1]
-      log(f"N={n:>3}: round {r + 1}/{args.repeats}: vmapped {tv:.3f} s "
-          f"({n * steps / tv:.1f} seed-steps/s, CPU {cpu_times['vmapped'][-1]:.3f} s), "
-          f"sequential {ts:.3f} s ({n * steps / ts:.1f} seed-steps/s, "
-          f"CPU {cpu_times['sequential'][-1]:.3f} s)")
+      log(f"N={n:>3}: round {r + 1}/{args.repeats}: " + ", ".join(
+          f"{side} {times[side][-1]:.3f} s ({n * steps / times[side][-1]:.1f} seed-steps/s, "
+          f"CPU {cpu_times[side][-1]:.3f} s)" for side in fns))
 
-    vm_rate = n * steps / statistics.median(times["vmapped"])
-    seq_rate = n * steps / statistics.median(times["sequential"])
+    rate = {side: n * steps / statistics.median(times[side]) for side in fns}
+    vm_rate, seq_rate = rate["vmapped"], rate["sequential"]
     ratio = vm_rate / seq_rate
     # The same ratio in seed-steps per CPU second of this process (all its threads): on a machine
     # shared with other jobs a steadier measure of the work each side does than the wall clock.
     cpu_ratio = statistics.median(cpu_times["sequential"]) / statistics.median(cpu_times["vmapped"])
-    # Both sides ran the same seeds for the same epochs: their training bounds should agree up
+    # jvae's seed program: the chunked one where it chunks, else the one vmap over all N
+    jvae_side = "jvae" if chunked else "vmapped"  # one vmap over all N is jvae's program
+    jvae_ratio = rate[jvae_side] / seq_rate
+    jvae_cpu_ratio = (statistics.median(cpu_times["sequential"])
+                      / statistics.median(cpu_times[jvae_side]))
+    # All sides ran the same seeds for the same epochs: their training bounds should agree up
     # to floating-point reassociation (a check that the vmapped program trains N distinct seeds).
-    vm_bounds = np.asarray(vm_metrics["bound"], np.float64)
-    seq_bounds = np.asarray([m["bound"] for m in seq_metrics], np.float64)
-    finite = bool(np.all(np.isfinite(vm_bounds)) and np.all(np.isfinite(seq_bounds)))
-    diff = float(np.max(np.abs(vm_bounds - seq_bounds)))
+    vm_bounds = np.asarray(last["vmapped"]["bound"], np.float64)
+    seq_bounds = np.asarray([m["bound"] for m in last["sequential"]], np.float64)
+    others = [vm_bounds] + ([np.asarray(last["jvae"]["bound"], np.float64)] if chunked else [])
+    finite = bool(all(np.all(np.isfinite(b)) for b in [seq_bounds, *others]))
+    diff = float(max(np.max(np.abs(b - seq_bounds)) for b in others))
     memory = {
         "vmapped_program": vm_memory,
+        "jvae_program": program_memory(fns["jvae"]) if chunked else None,
         "sequential_program": seq_memory,
         "sequential_states": n * state_bytes,
         "process_max_rss": max_rss_bytes(),
         "device_peak_bytes_in_use": device_peak_bytes(),
     }
-    log(f"N={n:>3}: median seed-steps/s: vmapped {vm_rate:.1f}, sequential {seq_rate:.1f}, "
-        f"ratio {ratio:.3f} (CPU-time ratio {cpu_ratio:.3f}); "
-        f"bounds {'finite' if finite else 'NOT FINITE'} "
+    log(f"N={n:>3}: median seed-steps/s: vmapped {vm_rate:.1f}"
+        + (f", jvae ({program_name(n, chunk)}) {rate['jvae']:.1f}" if chunked else "")
+        + f", sequential {seq_rate:.1f}; ratio vmapped {ratio:.3f} (CPU-time {cpu_ratio:.3f})"
+        + (f", jvae program {jvae_ratio:.3f} (CPU-time {jvae_cpu_ratio:.3f})" if chunked else "")
+        + f"; bounds {'finite' if finite else 'NOT FINITE'} "
         f"(mean {vm_bounds.mean():.2f}, seeds {vm_bounds.min():.2f}..{vm_bounds.max():.2f}; "
-        f"max |vmapped - sequential| {diff:.2e}); max RSS {mib(memory['process_max_rss'])}"
+        f"max |program - sequential| {diff:.2e}); max RSS {mib(memory['process_max_rss'])}"
         + ("" if memory["device_peak_bytes_in_use"] is None
            else f", device peak {mib(memory['device_peak_bytes_in_use'])}"))
     rows.append({
@@ -387,8 +447,14 @@ def main(argv=None) -> int:
         "vmapped_seed_steps_per_s": vm_rate,
         "sequential_seed_steps_per_s": seq_rate,
         "ratio": ratio,
+        "jvae_program_name": program_name(n, chunk),
+        "jvae_seed_steps_per_s": rate.get("jvae", vm_rate),
+        "jvae_program": jvae_side,
+        "jvae_ratio": jvae_ratio,
+        "jvae_cpu_time_ratio": jvae_cpu_ratio,
         "compile_s": {"vmapped_lower_s": vm_lower, "vmapped_compile_s": vm_comp,
                       "vmapped_total_s": vm_lower + vm_comp,
+                      "jvae_total_s": (ch_lower + ch_comp) if chunked else None,
                       "sequential_total_s": seq_compile["total_s"]},
         "memory": memory,
         "cpu_time_ratio": cpu_ratio,
@@ -398,22 +464,24 @@ def main(argv=None) -> int:
         "bound_max_abs_diff": diff,
         "bounds_finite": finite,
     })
-    del stacked, states, vm_fn
+    del stacked, states, vm_fn, fns, carry
 
   by_n = {r["seeds"]: r for r in rows}
   if backend == "cpu":
-    checked = [r["ratio"] for r in rows if r["seeds"] > 1]
+    checked = [r["jvae_ratio"] for r in rows if r["seeds"] > 1]
     goal_met = bool(checked) and min(checked) >= CPU_RATIO_MIN
     goal_text = f"ratio >= {CPU_RATIO_MIN:g} at every N > 1"
     if not checked:
       goal_met = None
   else:
     row = by_n.get(GPU_GOAL_SEEDS)
-    goal_met = None if row is None else row["ratio"] >= GPU_RATIO_AT_64_MIN
+    goal_met = None if row is None else row["jvae_ratio"] >= GPU_RATIO_AT_64_MIN
     goal_text = f"ratio >= {GPU_RATIO_AT_64_MIN:g} at N = {GPU_GOAL_SEEDS}"
   verdict = {True: "met", False: "NOT met", None: "not evaluated (N not measured)"}[goal_met]
   log(f"goal on {backend} ({goal_text}): {verdict}")
-  log("summary: " + "; ".join(f"N={r['seeds']} ratio {r['ratio']:.2f}" for r in rows))
+  log("summary: " + "; ".join(f"N={r['seeds']} jvae program {r['jvae_ratio']:.2f} "
+                              f"({r['jvae_program_name']}), one vmap {r['ratio']:.2f}"
+                              for r in rows))
 
   if args.plot:
     plot(rows, args.plot, device=device_name(info), backend=backend, steps=steps)
@@ -424,7 +492,8 @@ def main(argv=None) -> int:
       "benchmark": "seeds",
       "rows": rows,
       "goal": {"cpu_ratio_min": CPU_RATIO_MIN, "gpu_ratio_at_64_min": GPU_RATIO_AT_64_MIN},
-      "goal_checked": goal_text,
+      "goal_checked": goal_text + " (jvae's seed program: jvae_ratio)",
+      "seed_chunk": chunk,
       "goal_met": goal_met,
       "steps_per_epoch": steps,
       "batch_size": BATCH_SIZE,
