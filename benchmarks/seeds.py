@@ -16,7 +16,7 @@ For each N (default 1, 4, 16, 64):
 * **jvae**: jvae's own seed program, ``jvae.make_epoch_fn(trainer, None, patience=None,
   seed_chunk=--seed-chunk)`` on a ``jvae.fit_init`` state: what ``jvae.fit`` and
   ``jvae train --seeds N`` run, without validation. With the default ``seed_chunk="auto"`` it is
-  ``lax.map`` over chunks of 4 vmapped seeds on a CPU (one vmap over all N on a GPU/TPU, where
+  ``lax.map`` over chunks of 2 vmapped seeds on a CPU (one vmap over all N on a GPU/TPU, where
   this side is then the same program as *vmapped* and is not timed twice), and for N = 1 the
   plain single-seed program. Timed only where it differs from *vmapped*.
 
@@ -115,7 +115,7 @@ def parse_args(argv=None):
                       f"{QUICK_REPEATS} repeats")
   p.add_argument("--seed-chunk", default="auto",
                  help="seeds per vmapped chunk in jvae's seed program (jvae.make_epoch_fn's "
-                      "seed_chunk): auto (4 on a CPU, all at once elsewhere) or an integer")
+                      "seed_chunk): auto (2 on a CPU, all at once elsewhere) or an integer")
   p.add_argument("--seed", type=int, default=0, help="first seed (seeds are seed, seed+1, ...)")
   p.add_argument("--out", default=None, help="also write the JSON record to this file")
   p.add_argument("--plot", default=str(DEFAULT_PLOT),

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="shard over this many devices (see --parallel)")
   t.add_argument("--parallel", choices=("data", "seeds"), default="data")
   t.add_argument("--seed-chunk", type=_seed_chunk, default="auto", metavar="K|auto",
-                 help="with --seeds: train K seeds per vmap, lax.map over the chunks (auto: 4 on "
+                 help="with --seeds: train K seeds per vmap, lax.map over the chunks (auto: 2 on "
                       "a CPU, all at once on an accelerator or with --parallel seeds); speed only")
   t.add_argument("--eval-samples", type=_positive_int, default=None,
                  help="K of the final test IWAE / log-likelihood estimate (default 100)")

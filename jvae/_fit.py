@@ -76,7 +76,7 @@ def _select(mask: Array, new, old):
   return jax.tree_util.tree_map(pick, new, old)
 
 
-_CPU_SEED_CHUNK = 4
+_CPU_SEED_CHUNK = 2
 
 
 def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
@@ -101,7 +101,7 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
       k: ``lax.map`` over chunks of k vmapped seeds (``lax.map(..., batch_size=k)``), still one
       compiled program; on a CPU, chunks of a few seeds keep each chunk's params, moments and
       activations in cache and train faster per seed than one vmap over many
-      (``benchmarks/seeds.py``). ``"auto"`` (default): 4 on a CPU backend, None elsewhere.
+      (``benchmarks/seeds.py``). ``"auto"`` (default): 2 on a CPU backend, None elsewhere.
       Use None when the seed axis is sharded over devices. Results agree with any other choice
       to float32 round-off.
   """

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
       state = _parallel.place_fit_state(state, mesh, mode)
       train = jax.device_put(train, _parallel.replicated(mesh))
       valid = jax.device_put(valid, _parallel.replicated(mesh))
-    epoch_fn = jax.jit(jvae.make_epoch_fn(tr, jvae.elbo(model), patience=None))
+    epoch_fn = jax.jit(jvae.make_epoch_fn(tr, jvae.elbo(model), patience=None, seed_chunk=None))
     hlo = epoch_fn.lower(state, train, valid).compile().as_text()
     state, hist = jvae.fit(tr, state, train, valid, epochs=3, valid_bound=jvae.elbo(model),
                            epoch_fn=epoch_fn)
