@@ -83,7 +83,8 @@ def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
   """``"auto"`` → :data:`_CPU_SEED_CHUNK` on a CPU backend, None (all seeds at once) elsewhere."""
   if seed_chunk == "auto":
     return _CPU_SEED_CHUNK if jax.default_backend() == "cpu" else None
-  if seed_chunk is not None and (not isinstance(seed_chunk, int) or seed_chunk < 1):
+  if seed_chunk is not None and (not isinstance(seed_chunk, int) or isinstance(seed_chunk, bool)
+                                 or seed_chunk < 1):
     raise ValueError(f"seed_chunk must be 'auto', None or an int >= 1, got {seed_chunk!r}")
   return seed_chunk
 
@@ -116,12 +117,12 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
     avoid a size-1 batch axis, which costs XLA:CPU a noticeable share of a step.
     """
     n = jax.tree_util.tree_leaves(args[0])[0].shape[0]
-    if n != 1 and (chunk is None or chunk >= n):
+    if n == 1:
+      out = fn(*jax.tree_util.tree_map(lambda a: a[0], args))
+      return jax.tree_util.tree_map(lambda a: a[None], out)
+    if chunk is None or chunk >= n:
       return jax.vmap(fn)(*args)
-    if n != 1:
-      return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk if chunk > 1 else None)
-    out = fn(*jax.tree_util.tree_map(lambda a: a[0], args))
-    return jax.tree_util.tree_map(lambda a: a[None], out)
+    return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk if chunk > 1 else None)
 
   def epoch_fn(fs: FitState, train: Array, valid: Array | None):
     new_train, m = over_seeds(lambda s: trainer.epoch(s, train), fs.train)

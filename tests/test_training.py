@@ -570,7 +570,7 @@ def test_seed_chunks_equal_one_vmap(seed_chunk):
       np.testing.assert_allclose(r[name], r_ref[name], rtol=1e-5, err_msg=name)
 
 
-@pytest.mark.parametrize("bad", ["x", 0, -1, 2.0])
+@pytest.mark.parametrize("bad", ["x", 0, -1, 2.0, True])
 def test_seed_chunk_rejects_bad_values(bad):
   tr = _setup()[3]
   with pytest.raises(ValueError, match="seed_chunk"):
