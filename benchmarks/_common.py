@@ -94,7 +94,7 @@ def load_mnist_or_random(split_sizes: Sequence[int] = MNIST_SIZES, *, dim: int =
     ``(train, valid, test, name)``: ``float32`` numpy arrays of 0/1 values and ``name``, either
     ``"binarized_mnist"`` or ``"random"``.
   """
-  import jvae.data
+  import jvae.io.data
 
   try:
     ds = jvae.data.load("binarized_mnist", download=False)

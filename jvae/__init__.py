@@ -4,14 +4,27 @@ Every bound is a pure function ``f(params, key, x) -> Array[batch]`` over a Flax
 ``jax.vmap`` and ``jax.grad`` apply to it directly.
 """
 
-from jvae import bounds, stabilizers
-from jvae._flows import IAFPosterior, IAFStep, made_masks
-from jvae._kl import analytic_kl, kl_per_dim
-from jvae._likelihoods import BernoulliLikelihood, GaussianLikelihood, StableBernoulli, bernoulli
-from jvae._models import VAE
-from jvae._networks import MLP, Decoder, Encoder
-from jvae._fit import FitState, fit, fit_init, make_epoch_fn, seed_keys, summarize
-from jvae._objectives import (
+from jvae import bounds
+from jvae.bounds import stabilizers
+from jvae.distributions import (
+    BernoulliLikelihood,
+    FullCovarianceGaussian,
+    FullCovGaussianPosterior,
+    GaussianLikelihood,
+    GaussianPosterior,
+    IAFPosterior,
+    IAFStep,
+    StableBernoulli,
+    TriangularAffine,
+    analytic_kl,
+    bernoulli,
+    kl_per_dim,
+    made_masks,
+    standard_normal,
+)
+from jvae.io import checkpoint, data
+from jvae.models import MLP, PRESETS, VAE, Decoder, Encoder, burda2015, kingma2014, mlp_vae, oracles
+from jvae.objectives import (
     LogWeights,
     check_key,
     ciwae,
@@ -23,16 +36,22 @@ from jvae._objectives import (
     renyi,
     sample_log_weights,
 )
-from jvae._training import Trainer, TrainState, evaluate, trainer
-from jvae._posteriors import (
-    FullCovarianceGaussian,
-    FullCovGaussianPosterior,
-    GaussianPosterior,
-    TriangularAffine,
-    standard_normal,
+from jvae.training import (
+    FitState,
+    Trainer,
+    TrainState,
+    batch_sharding,
+    evaluate,
+    fit,
+    fit_init,
+    make_epoch_fn,
+    make_mesh,
+    place_fit_state,
+    replicated,
+    seed_keys,
+    summarize,
+    trainer,
 )
-from jvae._parallel import batch_sharding, make_mesh, place_fit_state, replicated
-from jvae._presets import PRESETS, burda2015, kingma2014, mlp_vae
 
 __version__ = "0.1.0"
 
@@ -85,4 +104,7 @@ __all__ = [
     "PRESETS",
     "bounds",
     "stabilizers",
+    "oracles",
+    "data",
+    "checkpoint",
 ]

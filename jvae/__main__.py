@@ -1,5 +1,7 @@
+"""``python -m jvae``: the ``jvae`` command."""
+
 import sys
 
-from jvae._cli import main
+from jvae.cli import main
 
 sys.exit(main())

@@ -11,13 +11,15 @@ import jax
 import numpy as np
 import pytest
 
-from jvae import _cli, _images, checkpoint
+from jvae.cli import main as _cli_main
+from jvae.io import checkpoint
+from jvae.io import images as _images
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "100", "--no-progress"]
 
 
 def _run_cli(args):
-  return _cli.main(args)
+  return _cli_main(args)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -103,7 +105,7 @@ def test_eval_and_sample(trained_run, tmp_path, capsys):
 
 
 def _final_state(run_dir):
-  import jvae._run as r
+  import jvae.cli.run as r
 
   cfg = json.loads((run_dir / "config.json").read_text())
   template = r.Run(cfg).init_state

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import jvae
-from jvae import _numerics
-from jvae._kl import analytic_kl, kl_per_dim
-from jvae._likelihoods import BernoulliLikelihood, GaussianLikelihood, StableBernoulli
-from jvae._networks import MLP, Decoder, Encoder
-from jvae._posteriors import (
+from jvae.bounds import numerics as _numerics
+from jvae.distributions.kl import analytic_kl, kl_per_dim
+from jvae.distributions.likelihoods import BernoulliLikelihood, GaussianLikelihood, StableBernoulli
+from jvae.models.networks import MLP, Decoder, Encoder
+from jvae.distributions.posteriors import (
     FullCovarianceGaussian,
     FullCovGaussianPosterior,
     GaussianPosterior,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from jvae._flows import IAFPosterior, IAFStep, input_degrees, made_apply, made_masks
-from jvae._posteriors import GaussianPosterior
+from jvae.distributions.flows import IAFPosterior, IAFStep, input_degrees, made_apply, made_masks
+from jvae.distributions.posteriors import GaussianPosterior
 
 D = 4
 FEATURES = 5

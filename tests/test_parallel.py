@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import json, re, sys
     import jax, jax.numpy as jnp, numpy as np, optax
     import jvae
-    from jvae import _parallel
+    from jvae.training import parallel as _parallel
 
     mode, devices = sys.argv[1], int(sys.argv[2])
     x = (jax.random.uniform(jax.random.key(0), (240, 16)) < 0.3).astype(jnp.float32)

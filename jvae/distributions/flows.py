@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jvae._posteriors import DEFAULT_MIN_SCALE, GaussianPosterior
+from jvae.distributions.posteriors import DEFAULT_MIN_SCALE, GaussianPosterior
 
 Array = jax.Array
 

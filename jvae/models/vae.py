@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvae._posteriors import standard_normal
+from jvae.distributions.posteriors import standard_normal
 
 Array = jax.Array
 

@@ -1,14 +1,10 @@
-"""The ``jvae`` command: ``train``, ``eval`` and ``sample`` (layer 6)."""
+"""The ``jvae`` command line: its arguments, parsed into validated values (layer 6)."""
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import pathlib
-import sys
-import time
 
 BOUNDS = ("elbo", "iwae", "renyi", "miwae", "ciwae", "piwae")
 MODELS = ("mlp", "kingma2014", "burda2015")
@@ -116,44 +112,3 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--seed-index", type=_nonneg_int, default=0)
   s.add_argument("--seed", type=_nonneg_int, default=0)
   return parser
-
-
-def main(argv=None) -> int:
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  from jvae import _run  # heavy imports only after the arguments are valid
-
-  try:
-    if args.command == "train":
-      return _run.train(args, parser)
-    if args.command == "eval":
-      return _run.evaluate_run(args, parser)
-    return _run.sample_run(args, parser)
-  except _run.UsageError as err:
-    parser.error(str(err))
-  except (FileNotFoundError, _run.DataIntegrityError) as err:
-    eprint(f"jvae: error: {err}")
-    return 1
-  return 0
-
-
-def now_stamp() -> str:
-  return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def write_json(path: pathlib.Path, obj) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
-
-
-def eprint(*args) -> None:
-  print(*args, file=sys.stderr, flush=True)
-
-
-def elapsed(start: float) -> float:
-  return time.perf_counter() - start
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -6,8 +6,8 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from jvae._numerics import gaussian_kl
-from jvae._posteriors import FullCovarianceGaussian
+from jvae.bounds.numerics import gaussian_kl
+from jvae.distributions.posteriors import FullCovarianceGaussian
 
 Array = jax.Array
 

@@ -16,9 +16,12 @@ import numpy as np
 import optax
 
 import jvae
-from jvae import _cli, _images, _parallel, checkpoint
-from jvae import data as jdata
-from jvae.data import DataIntegrityError
+from jvae.cli import args as _cli
+from jvae.io import checkpoint, files
+from jvae.io import data as jdata
+from jvae.io import images as _images
+from jvae.training import parallel as _parallel
+from jvae.io.data import DataIntegrityError
 
 __all__ = ["DataIntegrityError", "Run", "UsageError", "build_bound", "build_model"]
 
@@ -157,7 +160,7 @@ def train(args, parser) -> int:
     cfg = _config_from_args(args)
     if cfg["epochs"] is None:
       cfg["epochs"] = _cli.DEFAULT_EPOCHS
-    run_dir = args.out or pathlib.Path("runs") / _cli.now_stamp()
+    run_dir = args.out or pathlib.Path("runs") / files.now_stamp()
     if (run_dir / "config.json").exists():
       raise UsageError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
   mesh = None
@@ -167,14 +170,14 @@ def train(args, parser) -> int:
     mesh = _parallel.make_mesh(cfg["devices"], axis)
   run = Run(cfg, mesh=mesh)
   run_dir.mkdir(parents=True, exist_ok=True)
-  _cli.write_json(run_dir / "config.json", cfg)
+  files.write_json(run_dir / "config.json", cfg)
 
   state = run.init_state
   if args.resume is not None:
     restored = run.restore(run_dir)
     if restored is not None:
       state = restored
-    _cli.eprint(f"resuming {run_dir} after epoch {int(state.epoch)}")
+    files.eprint(f"resuming {run_dir} after epoch {int(state.epoch)}")
   metrics_path = run_dir / "metrics.jsonl"
   _truncate_metrics(metrics_path, int(state.epoch))
 
@@ -210,7 +213,7 @@ def train(args, parser) -> int:
                       epoch_fn=epoch_fn)
   progress.close()
   summary = _finish(run, state, run_dir)
-  _cli.write_json(run_dir / "summary.json", summary)
+  files.write_json(run_dir / "summary.json", summary)
   final = summary["test"]
   bound_name = summary["test_bound_name"]
   if cfg["seeds"] == 1:

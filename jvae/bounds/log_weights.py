@@ -12,7 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jvae._numerics import log_mean_exp
+from jvae.bounds.numerics import log_mean_exp
 
 Array = jax.Array
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvae._numerics import softplus_scale
+from jvae.bounds.numerics import softplus_scale
 
 Array = jax.Array
 

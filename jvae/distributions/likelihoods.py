@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvae._numerics import bernoulli_log_prob, softplus_scale
+from jvae.bounds.numerics import bernoulli_log_prob, softplus_scale
 
 Array = jax.Array
 

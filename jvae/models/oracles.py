@@ -16,9 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvae._models import VAE
-from jvae._numerics import gaussian_kl
-from jvae._posteriors import FullCovarianceGaussian
+from jvae.models.vae import VAE
+from jvae.bounds.numerics import gaussian_kl
+from jvae.distributions.posteriors import FullCovarianceGaussian
 
 Array = jax.Array
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jvae._training import Trainer, TrainState, evaluate
+from jvae.training.trainer import Trainer, TrainState, evaluate
 
 Array = jax.Array
 

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from jvae._flows import IAFPosterior
-from jvae._likelihoods import BernoulliLikelihood, GaussianLikelihood
-from jvae._models import VAE
-from jvae._networks import MLP, Decoder, Encoder
-from jvae._posteriors import FullCovGaussianPosterior, GaussianPosterior
+from jvae.distributions.flows import IAFPosterior
+from jvae.distributions.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from jvae.models.vae import VAE
+from jvae.models.networks import MLP, Decoder, Encoder
+from jvae.distributions.posteriors import FullCovGaussianPosterior, GaussianPosterior
 
 POSTERIORS = ("gaussian", "fullcov", "iaf")
 LIKELIHOODS = ("bernoulli", "gaussian")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax import custom_batching
 
-from jvae.stabilizers import linear_warmup
+from jvae.bounds.stabilizers import linear_warmup
 
 Array = jax.Array
 

@@ -29,11 +29,11 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from jvae import bounds as _bounds
-from jvae._kl import analytic_kl, kl_per_dim
-from jvae._models import VAE
-from jvae._posteriors import FullCovarianceGaussian
-from jvae.stabilizers import free_bits_kl
+from jvae.bounds import log_weights as _bounds
+from jvae.distributions.kl import analytic_kl, kl_per_dim
+from jvae.models.vae import VAE
+from jvae.distributions.posteriors import FullCovarianceGaussian
+from jvae.bounds.stabilizers import free_bits_kl
 
 Array = jax.Array
 Objective = Callable[..., Array]
