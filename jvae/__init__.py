@@ -1,8 +1,11 @@
 """jvae: variational autoencoders and variational inference in JAX.
 
-Every bound is a pure function ``f(params, key, x) -> Array[batch]`` over a Flax VAE; ``jax.jit``,
-``jax.vmap`` and ``jax.grad`` apply to it directly.
+Every bound is a pure function ``f(params, key, batch) -> Array[batch]`` over any model that meets
+the :class:`LatentModel` contract (``propose`` and ``log_joint``; ``VAE`` and jvae's other model
+families do); ``jax.jit``, ``jax.vmap`` and ``jax.grad`` apply to it directly.
 """
+
+import sys as _sys
 
 from jvae import bounds
 from jvae.bounds import stabilizers
@@ -23,7 +26,28 @@ from jvae.distributions import (
     standard_normal,
 )
 from jvae.io import checkpoint, data
-from jvae.models import MLP, PRESETS, VAE, Decoder, Encoder, burda2015, kingma2014, mlp_vae, oracles
+from jvae.models import (
+    MLP,
+    PRESETS,
+    VAE,
+    Batch,
+    ConditionalGaussianPrior,
+    ConditionalVAE,
+    Decoder,
+    Encoder,
+    Joint,
+    LatentModel,
+    LearnedGaussianPrior,
+    MixturePrior,
+    Proposal,
+    VampPrior,
+    burda2015,
+    cvae,
+    kingma2014,
+    mlp_vae,
+    oracles,
+    prior_samples,
+)
 from jvae.objectives import (
     LogWeights,
     check_key,
@@ -53,10 +77,28 @@ from jvae.training import (
     trainer,
 )
 
+# The modules that lived at the top level before the layered layout stay importable there
+# (``import jvae.data``), so code written against the old paths keeps working.
+for _name, _module in {"data": data, "checkpoint": checkpoint, "oracles": oracles,
+                       "stabilizers": stabilizers}.items():
+  _sys.modules[f"{__name__}.{_name}"] = _module
+del _name, _module
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "LatentModel",
+    "Proposal",
+    "Joint",
+    "Batch",
     "VAE",
+    "ConditionalVAE",
+    "VampPrior",
+    "LearnedGaussianPrior",
+    "MixturePrior",
+    "ConditionalGaussianPrior",
+    "prior_samples",
+    "cvae",
     "MLP",
     "Encoder",
     "Decoder",

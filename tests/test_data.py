@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import io
 import os
 import pathlib
+import pickle
+import re
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -34,6 +40,21 @@ def write_amat(directory: pathlib.Path, bits: dict[str, np.ndarray], splits=None
   directory.mkdir(parents=True, exist_ok=True)
   for s in splits or bits:
     (directory / f"binarized_mnist_{s}.amat").write_bytes(amat_bytes(bits[s]))
+
+
+def packed(bits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {s: np.packbits(b, axis=1) for s, b in bits.items()}
+
+
+def data_error(kind: type[Exception], **kwargs) -> str:
+  """The message of the ``kind`` error that loading binarized MNIST raises.
+
+  Also checks that the error is one that ``jvae.cli.main`` reports as a one-line message.
+  """
+  with pytest.raises(kind) as info:
+    data.load("binarized_mnist", **kwargs)
+  assert isinstance(info.value, (FileNotFoundError, data.DataIntegrityError))
+  return str(info.value)
 
 
 def assert_matches(ds: data.Dataset, bits: dict[str, np.ndarray]) -> None:
@@ -94,7 +115,7 @@ def test_amat_files(tmp_path, tiny):
 
 
 def test_npz_identical_to_amat(tmp_path, tiny):
-  np.savez(tmp_path / "binarized_mnist.npz", **{s: np.packbits(b, axis=1) for s, b in tiny.items()})
+  np.savez(tmp_path / "binarized_mnist.npz", **packed(tiny))
   from_npz = data.load_binarized_mnist(tmp_path, download=False)
   assert_matches(from_npz, tiny)
   write_amat(tmp_path / "text", tiny)
@@ -104,7 +125,7 @@ def test_npz_identical_to_amat(tmp_path, tiny):
 
 
 def test_npz_wrong_checksum(tmp_path, tiny, monkeypatch):
-  np.savez(tmp_path / "binarized_mnist.npz", **{s: np.packbits(b, axis=1) for s, b in tiny.items()})
+  np.savez(tmp_path / "binarized_mnist.npz", **packed(tiny))
   n, good = data.MNIST_SPLITS["valid"]
   monkeypatch.setitem(data.MNIST_SPLITS, "valid", (n, "0" * 64))
   with pytest.raises(data.DataIntegrityError, match=f"'valid'.*expected 0{{64}}, got {good}"):
@@ -112,11 +133,54 @@ def test_npz_wrong_checksum(tmp_path, tiny, monkeypatch):
 
 
 def test_npz_wrong_shape(tmp_path, tiny):
-  packed = {s: np.packbits(b, axis=1) for s, b in tiny.items()}
-  packed["test"] = packed["test"][:2]
-  np.savez(tmp_path / "binarized_mnist.npz", **packed)
+  arrays = packed(tiny)
+  arrays["test"] = arrays["test"][:2]
+  np.savez(tmp_path / "binarized_mnist.npz", **arrays)
   with pytest.raises(data.DataIntegrityError, match=r"'test'.*\(2, 98\)"):
     data.load_binarized_mnist(tmp_path)
+
+
+def npz_bytes(save, **arrays) -> bytes:
+  buffer = io.BytesIO()
+  save(buffer, **arrays)
+  return buffer.getvalue()
+
+
+def flip_middle(raw: bytes) -> bytes:
+  raw = bytearray(raw)
+  raw[len(raw) // 2] ^= 0xFF
+  return bytes(raw)
+
+
+NPZ_FAULTS = {  # name: (the file's bytes from the good packed arrays, what the message says)
+    "empty": (lambda a: b"", "not an .npz archive"),
+    "truncated": (lambda a: npz_bytes(np.savez, **a)[:-100], "not an .npz archive"),
+    "text": (lambda a: b"train valid test\n0 1 0 1\n", "not an .npz archive"),
+    "pickle": (lambda a: pickle.dumps(a), "not an .npz archive"),
+    "single array": (lambda a: npz_bytes(lambda f: np.save(f, a["train"])),
+                     "not an .npz archive"),
+    "corrupt member": (lambda a: flip_middle(npz_bytes(np.savez_compressed, **a)),
+                       r"not a readable \.npz archive \((BadZipFile: Bad CRC|error: Error -3)"),
+    "object arrays": (lambda a: npz_bytes(np.savez, **{s: np.array([x], object)
+                                                      for s, x in a.items()}),
+                      r"not a readable \.npz archive \(ValueError: Object arrays"),
+    "other arrays": (lambda a: npz_bytes(np.savez, images=a["train"]),
+                     r"no array 'train' \(has \['images'\]\)"),
+}
+
+
+@pytest.mark.parametrize("fault", NPZ_FAULTS)
+def test_npz_foreign_or_damaged(tmp_path, tiny, monkeypatch, fault):
+  make, says = NPZ_FAULTS[fault]
+  path = tmp_path / "binarized_mnist.npz"
+  path.write_bytes(make(packed(tiny)))
+  write_amat(tmp_path, tiny)  # A bad .npz is reported, not silently passed over.
+  monkeypatch.setenv("JVAE_DATA_DIR", str(tmp_path))
+  message = data_error(data.DataIntegrityError)
+  assert message.startswith(str(path)) and re.search(says, message)
+  assert f"data directory is {tmp_path} (from $JVAE_DATA_DIR)" in message
+  assert "delete the bad file" in message and "JVAE_DATA_DIR to a directory holding" in message
+  assert path.read_bytes() == make(packed(tiny))
 
 
 def test_amat_flipped_bit(tmp_path, tiny):
@@ -152,12 +216,37 @@ def test_amat_wrong_length(tmp_path, tiny):
     data.load_binarized_mnist(tmp_path, download=False)
 
 
+@pytest.mark.parametrize("keep, says", [(0, "has 0 bytes"), (1568 + 700, "has 2268 bytes")])
+def test_amat_empty_or_truncated(tmp_path, tiny, keep, says):
+  write_amat(tmp_path, tiny)
+  path = tmp_path / "binarized_mnist_valid.amat"
+  path.write_bytes(path.read_bytes()[:keep])
+  message = data_error(data.DataIntegrityError, data_dir=tmp_path)  # Download allowed: unused.
+  assert message.startswith(f"{path}: {says}, expected 4704 (3 lines of 1568 bytes)")
+  assert f"data directory is {tmp_path} (given as data_dir)" in message
+  assert "delete the bad file" in message
+  assert path.stat().st_size == keep
+
+
 def test_missing_without_download(tmp_path, tiny):
-  with pytest.raises(FileNotFoundError, match="download=True"):
+  with pytest.raises(data.DataUnavailableError, match="download=True"):
     data.load_binarized_mnist(tmp_path, download=False)
   write_amat(tmp_path, tiny, splits=["train", "valid"])
   with pytest.raises(FileNotFoundError, match="binarized_mnist_test.amat"):
     data.load("binarized_mnist", data_dir=tmp_path, download=False)
+
+
+def test_missing_directory_without_download(tmp_path, tiny, monkeypatch):
+  monkeypatch.setenv("JVAE_DATA_DIR", str(tmp_path / "absent"))
+  message = data_error(data.DataUnavailableError, download=False)
+  assert f"{tmp_path / 'absent'} (from $JVAE_DATA_DIR), which does not exist" in message
+  assert "binarized_mnist.npz" in message and "download=True" in message
+  monkeypatch.delenv("JVAE_DATA_DIR")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  message = data_error(data.DataUnavailableError, download=False)
+  assert f"{tmp_path / '.cache' / 'jvae'} (the default ~/.cache/jvae" in message
+  assert "set JVAE_DATA_DIR to a directory holding" in message
+  assert list(tmp_path.iterdir()) == []
 
 
 # downloads
@@ -210,16 +299,91 @@ def test_download_corrupt_source_leaves_nothing(tmp_path, tiny, source, split):
   cache = tmp_path / "cache"
   with pytest.raises(data.DataIntegrityError, match=f"binarized_mnist_{split}.amat.*sha256"):
     data.load_binarized_mnist(cache)
-  good = {"train": set(), "test": {"binarized_mnist_train.amat", "binarized_mnist_valid.amat"}}
-  assert {p.name for p in cache.iterdir()} == good[split]
+  if split == "train":  # Nothing was kept, so the directory made for it is gone as well.
+    assert not cache.exists()
+  else:
+    assert {p.name for p in cache.iterdir()} == {"binarized_mnist_train.amat",
+                                                  "binarized_mnist_valid.amat"}
 
 
 def test_download_missing_source_leaves_nothing(tmp_path, tiny, source):
   (source / "binarized_mnist_valid.amat").unlink()
   cache = tmp_path / "cache"
-  with pytest.raises(OSError):
-    data.load_binarized_mnist(cache)
+  message = data_error(data.DataUnavailableError, data_dir=cache)
+  assert f"{source.as_uri()}/binarized_mnist_valid.amat into the data directory {cache}" in message
   assert {p.name for p in cache.iterdir()} == {"binarized_mnist_train.amat"}
+
+
+def test_download_from_nowhere_creates_nothing(tmp_path, tiny, monkeypatch):
+  url = (tmp_path / "nonexistent" / "mirror").as_uri()
+  monkeypatch.setattr(data, "MNIST_URL", url)
+  monkeypatch.setenv("JVAE_DATA_DIR", str(tmp_path / "new" / "jvae"))
+  message = data_error(data.DataUnavailableError)
+  assert message.startswith(f"could not download {url}/binarized_mnist_train.amat into the data "
+                            f"directory {tmp_path / 'new' / 'jvae'} (from $JVAE_DATA_DIR): ")
+  assert "No such file or directory" in message and "network" in message
+  assert "set JVAE_DATA_DIR to a directory holding" in message
+  assert list(tmp_path.iterdir()) == []
+
+
+class Dropped(io.BytesIO):
+  """A response that delivers its first bytes, then fails with ``error``."""
+
+  def __init__(self, error: Exception):
+    super().__init__(b"0 1 0 1 ")
+    self.headers = {}
+    self.error = error
+
+  def read(self, size=-1):
+    if self.tell():
+      raise self.error
+    return super().read(size)
+
+
+def refuse(error: Exception):
+  def urlopen(url, timeout):
+    raise error
+  return urlopen
+
+
+@pytest.mark.parametrize("urlopen, says", [
+    (refuse(urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))),
+     r": \[Errno 111\] Connection refused\. "),
+    (refuse(urllib.error.HTTPError("u", 404, "Not Found", {}, None)),
+     r": HTTP Error 404: Not Found\. "),
+    (lambda url, timeout: Dropped(TimeoutError("The read operation timed out")),
+     r": The read operation timed out\. "),
+    (lambda url, timeout: Dropped(http.client.IncompleteRead(b"", 4696)),
+     r": IncompleteRead\(0 bytes read, 4696 more expected\)\. "),
+], ids=["refused", "404", "timeout", "incomplete"])
+def test_download_network_faults(tmp_path, tiny, source, monkeypatch, urlopen, says):
+  monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+  cache = tmp_path / "new" / "cache"
+  message = data_error(data.DataUnavailableError, data_dir=cache)
+  url = f"{source.as_uri()}/binarized_mnist_train.amat"
+  assert message.startswith(f"could not download {url} into the data directory {cache} "
+                            "(given as data_dir)")
+  assert re.search(says, message) and "Check the network connection" in message
+  assert not (tmp_path / "new").exists()
+  assert not list(tmp_path.rglob("*.part"))
+
+
+def test_bad_download_leaves_good_files(tmp_path, tiny, source):
+  cache = tmp_path / "cache"
+  write_amat(cache, tiny, splits=["train"])
+  train = cache / "binarized_mnist_train.amat"
+  before = train.stat()
+  for split in ("train", "test"):  # A bad train in the mirror must not matter: it is never fetched.
+    path = source / f"binarized_mnist_{split}.amat"
+    path.write_bytes(path.read_bytes()[:-1568])
+  message = data_error(data.DataIntegrityError, data_dir=cache)
+  url = f"{source.as_uri()}/binarized_mnist_test.amat"
+  assert message.startswith(f"{url} (downloaded for {cache / 'binarized_mnist_test.amat'}): ")
+  assert f"The download was discarded; the data directory is {cache} (given as data_dir)" in message
+  assert {p.name for p in cache.iterdir()} == {train.name, "binarized_mnist_valid.amat"}
+  after = train.stat()
+  assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+  assert train.read_bytes() == amat_bytes(tiny["train"])
 
 
 # the real data

@@ -247,5 +247,5 @@ class BadInputTest(parameterized.TestCase):
       jvae.iwae(self.model, num_samples=2, estimator="vimco")
     with self.assertRaisesRegex(ValueError, "needs kl='sample'"):
       jvae.elbo(self.model, estimator="stl")
-    with self.assertRaisesRegex(TypeError, "model must be a jvae.VAE"):
+    with self.assertRaisesRegex(TypeError, "model must meet the jvae.LatentModel contract"):
       jvae.elbo(object())

@@ -10,15 +10,28 @@ Every loader returns a :class:`Dataset` of ``float32`` arrays of shape ``(N, D)`
   are checked against the sha256 of the canonical text files.
 * ``"digits"``: scikit-learn's bundled 8×8 digits (1,797 images), thresholded at 8 of 16, with a
   fixed 1,197/300/300 split.
+
+Every data failure raises one of two errors, whose message names the file or URL and the data
+directory (and whether it came from ``$JVAE_DATA_DIR`` or the default), and says what to do: a
+file that is empty, truncated, foreign or fails its checksum raises :class:`DataIntegrityError`
+(a ``ValueError``); files that are missing and may not, or cannot, be downloaded raise
+:class:`DataUnavailableError` (a ``FileNotFoundError``). A failed download leaves neither a
+partial file nor a directory it created, and files already present are never replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
+import itertools
 import os
 import pathlib
+import urllib.error
 import urllib.request
 import uuid
+import zipfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -40,9 +53,16 @@ _CHUNK = 1 << 20
 
 DIGITS_SPLIT = (1197, 300, 300)
 
+_FIX = ("set JVAE_DATA_DIR to a directory holding binarized_mnist.npz or the three files "
+        "binarized_mnist_{train,valid,test}.amat")
+
 
 class DataIntegrityError(ValueError):
   """A data file is malformed or does not match its expected size or checksum."""
+
+
+class DataUnavailableError(FileNotFoundError):
+  """Data files are missing, or unreadable, and may not or could not be downloaded."""
 
 
 class Dataset(NamedTuple):
@@ -71,6 +91,15 @@ def default_data_dir() -> pathlib.Path:
   if env:
     return pathlib.Path(env).expanduser()
   return pathlib.Path.home() / ".cache" / "jvae"
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[pathlib.Path, str]:
+  """The data directory to use, and how messages name it: its path and where that came from."""
+  if data_dir is not None:
+    return pathlib.Path(data_dir), f"{data_dir} (given as data_dir)"
+  origin = ("from $JVAE_DATA_DIR" if os.environ.get("JVAE_DATA_DIR")
+            else "the default ~/.cache/jvae, as $JVAE_DATA_DIR is not set")
+  return default_data_dir(), f"{default_data_dir()} ({origin})"
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None,
@@ -135,26 +164,35 @@ def load_binarized_mnist(data_dir: str | os.PathLike | None = None, *,
     ``(28, 28)``.
 
   Raises:
-    DataIntegrityError: a file has the wrong size, layout, shape or sha256.
-    FileNotFoundError: files are missing and ``download`` is False.
+    DataIntegrityError: a file is not an ``.npz`` archive or has the wrong size, layout, shape or
+      sha256, whether it was on disk or just downloaded.
+    DataUnavailableError: files are missing and ``download`` is False, a download failed, or a
+      file cannot be read.
   """
-  data_dir = pathlib.Path(data_dir) if data_dir is not None else default_data_dir()
+  data_dir, where = _resolve_data_dir(data_dir)
+  bad_file = (f"The data directory is {where}: delete the bad file so that the data can be "
+              f"downloaded again, or {_FIX}.")
   npz = data_dir / MNIST_NPZ
   if npz.is_file():
-    splits = _read_mnist_npz(npz)
+    with _advice(bad_file):
+      splits = _read_mnist_npz(npz)
   else:
     missing = [s for s in MNIST_SPLITS if not _amat_path(data_dir, s).is_file()]
     if missing and not download:
       names = ", ".join(_amat_path(data_dir, s).name for s in missing)
-      raise FileNotFoundError(
-          f"binarized MNIST not found in {data_dir}: looked for {MNIST_NPZ} and the text files "
-          f"binarized_mnist_{{train,valid,test}}.amat (missing: {names}). Call with "
-          f"download=True to fetch them from {MNIST_URL}, or point JVAE_DATA_DIR (or data_dir) "
-          "at a directory holding them.")
+      absent = "" if data_dir.is_dir() else ", which does not exist"
+      raise DataUnavailableError(
+          f"binarized MNIST not found in the data directory {where}{absent}: looked for "
+          f"{MNIST_NPZ} and the text files binarized_mnist_{{train,valid,test}}.amat (missing: "
+          f"{names}). Call with download=True to fetch them from {MNIST_URL}, or {_FIX}.")
     splits = {}
     for split in MNIST_SPLITS:
       path = _amat_path(data_dir, split)
-      splits[split] = _download_amat(path, split) if split in missing else _read_amat(path, split)
+      if split in missing:
+        splits[split] = _download_amat(path, split, where)
+      else:
+        with _advice(bad_file):
+          splits[split] = _read_amat(path, split)
   return Dataset("binarized_mnist", splits["train"], splits["valid"], splits["test"],
                  (MNIST_PIXELS,), (28, 28))
 
@@ -173,7 +211,10 @@ def _read_amat(path: pathlib.Path, split: str, label: str | None = None) -> np.n
   """
   label = label or str(path)
   n, sha = MNIST_SPLITS[split]
-  raw = path.read_bytes()
+  try:
+    raw = path.read_bytes()
+  except OSError as err:
+    raise DataUnavailableError(f"{label}: cannot be read: {err}") from err
   if len(raw) != n * _LINE_BYTES:
     raise DataIntegrityError(
         f"{label}: has {len(raw)} bytes, expected {n * _LINE_BYTES} "
@@ -194,22 +235,35 @@ def _read_amat(path: pathlib.Path, split: str, label: str | None = None) -> np.n
 def _read_mnist_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
   """Unpacks and verifies every split of a packed ``.npz``; values are ``float32`` (N, 784)."""
   packed_width = -(-MNIST_PIXELS // 8)
+  arrays = _read_npz(path)
   out = {}
-  with np.load(path) as archive:
-    for split, (n, sha) in MNIST_SPLITS.items():
-      label = f"{path}[{split!r}]"
-      if split not in archive.files:
-        raise DataIntegrityError(f"{path}: no array {split!r} (has {archive.files})")
-      packed = archive[split]
-      if packed.dtype != np.uint8 or packed.shape != (n, packed_width):
-        raise DataIntegrityError(
-            f"{label}: is {packed.dtype} of shape {packed.shape}, "
-            f"expected uint8 of shape {(n, packed_width)}")
-      bits = np.unpackbits(packed, axis=1)[:, :MNIST_PIXELS]
-      _check_sha(label, sha, hashlib.sha256(_render_amat(bits)).hexdigest(),
-                 what="sha256 of its canonical text")
-      out[split] = bits.astype(np.float32)
+  for split, (n, sha) in MNIST_SPLITS.items():
+    label = f"{path}[{split!r}]"
+    if split not in arrays:
+      raise DataIntegrityError(f"{path}: no array {split!r} (has {sorted(arrays)})")
+    packed = arrays[split]
+    if packed.dtype != np.uint8 or packed.shape != (n, packed_width):
+      raise DataIntegrityError(
+          f"{label}: is {packed.dtype} of shape {packed.shape}, "
+          f"expected uint8 of shape {(n, packed_width)}")
+    bits = np.unpackbits(packed, axis=1)[:, :MNIST_PIXELS]
+    _check_sha(label, sha, hashlib.sha256(_render_amat(bits)).hexdigest(),
+               what="sha256 of its canonical text")
+    out[split] = bits.astype(np.float32)
   return out
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Every array of an ``.npz`` archive, never unpickling; DataIntegrityError for anything else."""
+  try:
+    archive = np.load(path, allow_pickle=False) if zipfile.is_zipfile(path) else None
+    if isinstance(archive, np.lib.npyio.NpzFile):
+      with archive:
+        return {name: archive[name] for name in archive.files}
+  except (zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, KeyError) as err:
+    raise DataIntegrityError(
+        f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from err
+  raise DataIntegrityError(f"{path}: not an .npz archive (a zip file of .npy arrays)")
 
 
 def _render_amat(bits: np.ndarray) -> bytes:
@@ -226,26 +280,71 @@ def _check_sha(label: str, expected: str, got: str, what: str = "sha256") -> Non
     raise DataIntegrityError(f"{label}: {what} mismatch: expected {expected}, got {got}")
 
 
-def _download_amat(path: pathlib.Path, split: str) -> np.ndarray:
+def _download_amat(path: pathlib.Path, split: str, where: str) -> np.ndarray:
   """Downloads ``path`` from :data:`MNIST_URL`, verifies it, then moves it into place.
 
-  The bytes stream into a temporary file beside ``path``; it is removed on any failure, so
+  The bytes stream into a temporary file beside ``path``, in a directory made only once the
+  source answers; on any failure that file and the directories made for it are removed again, so
   ``path`` only ever appears complete and verified.
+
+  Args:
+    path: where the file belongs.
+    split: key of :data:`MNIST_SPLITS`.
+    where: how messages name the data directory.
+
+  Raises:
+    DataIntegrityError: the downloaded bytes fail verification.
+    DataUnavailableError: the download failed.
   """
   url = f"{MNIST_URL.rstrip('/')}/{path.name}"
   from tqdm.auto import tqdm  # only when downloading: no widget warning on plain imports
 
-  path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    with _part_file(path) as tmp:
+      with urllib.request.urlopen(url, timeout=60) as response:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with open(tmp, "xb") as f, tqdm(total=total, unit="B", unit_scale=True,
+                                        desc=path.name) as bar:
+          while chunk := response.read(_CHUNK):
+            f.write(chunk)
+            bar.update(len(chunk))
+      with _advice(f"The download was discarded; the data directory is {where}. Try again "
+                   f"later, or {_FIX}."):
+        x = _read_amat(tmp, split, label=f"{url} (downloaded for {path})")
+      os.replace(tmp, path)
+  except (OSError, http.client.HTTPException) as err:
+    reason = err.reason if type(err) is urllib.error.URLError else err
+    raise DataUnavailableError(
+        f"could not download {url} into the data directory {where}: {reason}. Check the network "
+        f"connection and try again, or {_FIX}.") from err
+  return x
+
+
+@contextlib.contextmanager
+def _advice(text: str):
+  """Appends ``text``, what to do, to the message of a data error raised inside."""
+  try:
+    yield
+  except (DataIntegrityError, DataUnavailableError) as err:
+    raise type(err)(f"{err}. {text}") from err.__cause__
+
+
+@contextlib.contextmanager
+def _part_file(path: pathlib.Path):
+  """Yields a temporary name beside ``path``, removed on leaving.
+
+  Directories above it that did not exist on entry are removed as well if they are still empty.
+  """
+  new_dirs = list(itertools.takewhile(lambda d: not d.exists(),
+                                      (path.parent, *path.parent.parents)))
   tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
   try:
-    with open(tmp, "xb") as f, urllib.request.urlopen(url, timeout=60) as response:
-      total = int(response.headers.get("Content-Length") or 0) or None
-      with tqdm(total=total, unit="B", unit_scale=True, desc=path.name) as bar:
-        while chunk := response.read(_CHUNK):
-          f.write(chunk)
-          bar.update(len(chunk))
-    x = _read_amat(tmp, split, label=f"{path} (downloaded from {url})")
-    os.replace(tmp, path)
+    yield tmp
   finally:
     tmp.unlink(missing_ok=True)
-  return x
+    for directory in new_dirs:  # Deepest first; one still holding files keeps its parents.
+      try:
+        directory.rmdir()
+      except OSError:
+        break

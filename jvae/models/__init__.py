@@ -1,9 +1,19 @@
 """Layer 3: the model contract and the families that meet it, networks and presets."""
 
 from jvae.models import oracles
+from jvae.models.conditional import ConditionalVAE, cvae
+from jvae.models.contract import Batch, Joint, LatentModel, Proposal
 from jvae.models.networks import MLP, Decoder, Encoder
 from jvae.models.presets import PRESETS, burda2015, kingma2014, mlp_vae
+from jvae.models.priors import (
+    ConditionalGaussianPrior,
+    LearnedGaussianPrior,
+    MixturePrior,
+    VampPrior,
+    prior_samples,
+)
 from jvae.models.vae import VAE
 
-__all__ = ["VAE", "MLP", "Encoder", "Decoder", "PRESETS", "burda2015", "kingma2014", "mlp_vae",
-           "oracles"]
+__all__ = ["Batch", "Joint", "LatentModel", "Proposal", "VAE", "MLP", "Encoder", "Decoder", "PRESETS", "burda2015", "kingma2014", "mlp_vae",
+           "oracles", "ConditionalVAE", "cvae", "ConditionalGaussianPrior",
+           "LearnedGaussianPrior", "MixturePrior", "VampPrior", "prior_samples"]

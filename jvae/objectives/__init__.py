@@ -1,17 +1,12 @@
-"""Layer 4: objectives bind a model to a bound, giving ``f(params, key, batch) -> Array[batch]``."""
+"""Layer 4: objectives bind a model to a bound, giving ``f(params, key, batch) -> Array[batch]``.
 
-from jvae.objectives.objectives import (
-    LogWeights,
-    check_key,
-    ciwae,
-    elbo,
-    iwae,
-    log_marginal,
-    miwae,
-    piwae,
-    renyi,
-    sample_log_weights,
-)
+``log_weights`` draws samples through the model contract with the gradient paths of each
+estimator; ``objectives`` holds the bound factories; ``log_marginal`` the chunked estimate.
+"""
 
-__all__ = ["LogWeights", "check_key", "ciwae", "elbo", "iwae", "log_marginal", "miwae", "piwae",
-           "renyi", "sample_log_weights"]
+from jvae.objectives.log_marginal import log_marginal
+from jvae.objectives.log_weights import ESTIMATORS, LogWeights, check_key, sample_log_weights
+from jvae.objectives.objectives import ciwae, elbo, iwae, miwae, piwae, renyi
+
+__all__ = ["ESTIMATORS", "LogWeights", "check_key", "ciwae", "elbo", "iwae", "log_marginal",
+           "miwae", "piwae", "renyi", "sample_log_weights"]

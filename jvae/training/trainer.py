@@ -19,6 +19,8 @@ import optax
 from jax import custom_batching
 
 from jvae.bounds.stabilizers import linear_warmup
+from jvae.models.contract import Batch, data_of
+from jvae.objectives.log_weights import check_beta
 
 Array = jax.Array
 
@@ -46,8 +48,10 @@ class Trainer(NamedTuple):
 
   Attributes:
     init: ``(params, key) -> TrainState``.
-    step: ``(state, x) -> (state, metrics)`` for one batch x of shape ``(batch, *event)``.
-    epoch: ``(state, data) -> (state, metrics)``: shuffle ``data`` ``(N, *event)``, run
+    step: ``(state, batch) -> (state, metrics)`` for one batch: x of shape ``(batch, *event)``
+      or a :class:`jvae.Batch`.
+    epoch: ``(state, data) -> (state, metrics)``: shuffle ``data`` (x ``(N, *event)`` or a
+      :class:`jvae.Batch` of arrays with leading axis N), run
       ``N // batch_size`` steps in one ``lax.scan``; metrics are epoch means (``loss``, ``bound``)
       and counts (``nonfinite``). The result is that of ``step`` applied batch by batch; the
       scan runs without the per-step guard and is redone with it only when a step was not
@@ -132,8 +136,9 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     batch_sharding: optional sharding of each batch over a device mesh (data parallelism); the
       gradient reduction across devices is then done by XLA.
   """
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+  check_beta(beta)
   schedule = linear_warmup(warmup_steps, beta_max=beta)
 
   def init(params, key) -> TrainState:
@@ -143,7 +148,7 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
   def guarded_step(state: TrainState, x: Array, *, guard: str | None):
     """One step; ``guard``: "unbatched", "vmapped" (see the docstring above) or None."""
     key, sub = jax.random.split(state.key)
-    x = x.astype(jnp.float32)
+    x = _as_float(x)
     if batch_sharding is not None:
       x = jax.lax.with_sharding_constraint(x, batch_sharding)
     b = schedule(state.step)
@@ -178,7 +183,7 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
                                functools.partial(guarded_step, guard="vmapped"))
 
   def run_epoch(state: TrainState, data: Array, *, guard: str):
-    n = data.shape[0]
+    n = data_of(data).shape[0]
     num_batches = n // batch_size
     if num_batches < 1:
       raise ValueError(f"batch_size {batch_size} is larger than the data set ({n} examples)")
@@ -189,7 +194,7 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
 
     def run(guard):
       def body(s, batch_idx):
-        return guarded_step(s, jnp.take(data, batch_idx, axis=0), guard=guard)
+        return guarded_step(s, _take(data, batch_idx), guard=guard)
       return jax.lax.scan(body, start, idx)
 
     if guard == "vmapped":  # unguarded first, see the docstring above
@@ -209,7 +214,18 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
   return Trainer(init, step, epoch)
 
 
-def evaluate(bound: Callable, params, key, data: Array, *, batch_size: int = 500):
+def _as_float(batch):
+  """x as float32 (data sets are often stored as uint8 or bool); side fields unchanged."""
+  if isinstance(batch, Batch):
+    return batch._replace(x=batch.x.astype(jnp.float32))
+  return batch.astype(jnp.float32)
+
+
+def _take(data, idx: Array):
+  return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), data)
+
+
+def evaluate(bound: Callable, params, key, data, *, batch_size: int = 500):
   """Mean of a bound over a whole data set, batched in one ``lax.scan``; pure and jittable.
 
   The data set is padded to a multiple of ``batch_size`` and the padding masked out, so every
@@ -220,21 +236,31 @@ def evaluate(bound: Callable, params, key, data: Array, *, batch_size: int = 500
       ``log_marginal(..., return_stderr=True)``).
     params: model parameters.
     key: PRNG key; each batch gets ``fold_in(key, i)``.
-    data: ``(N, *event)``.
+    data: x ``(N, *event)`` or a :class:`jvae.Batch` of arrays with leading axis N (N ≥ 1).
     batch_size: examples per batch (memory bound).
   Returns:
     The mean over the N examples, with the structure of ``bound``'s output. For a
     ``(value, stderr)`` pair the second entry is the standard error of the mean,
     sqrt(Σ se_i²) / N.
   """
-  if data.ndim < 2:
-    raise ValueError(f"data must have shape (N, *event), got {data.shape}")
-  n = data.shape[0]
+  x = data_of(data)
+  if x.ndim < 2:
+    raise ValueError(f"data must have shape (N, *event), got {x.shape}")
+  n = x.shape[0]
+  if n == 0:
+    raise ValueError(f"data is empty (shape {tuple(x.shape)}); expected at least one example")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
   batch_size = min(batch_size, n)
   num_batches = -(-n // batch_size)
   pad = num_batches * batch_size - n
-  padded = jnp.concatenate([data, jnp.zeros((pad, *data.shape[1:]), data.dtype)])
-  batches = padded.reshape(num_batches, batch_size, *data.shape[1:]).astype(jnp.float32)
+
+  def split(a):
+    a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+    return a.reshape(num_batches, batch_size, *a.shape[1:])
+
+  batches = _as_float(jax.tree_util.tree_map(split, data))
+  first = jax.tree_util.tree_map(lambda a: a[0], batches)
   mask = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
 
   def body(total, inputs):
@@ -248,7 +274,7 @@ def evaluate(bound: Callable, params, key, data: Array, *, batch_size: int = 500
 
   (s, s2), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())),
                             (jnp.arange(num_batches), batches, mask))
-  probe = jax.eval_shape(bound, params, key, batches[0])
+  probe = jax.eval_shape(bound, params, key, first)
   if isinstance(probe, tuple):
     return s / n, jnp.sqrt(s2) / n
   return s / n
