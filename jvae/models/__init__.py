@@ -14,6 +14,9 @@ from jvae.models.priors import (
 )
 from jvae.models.vae import VAE
 
-__all__ = ["Batch", "Joint", "LatentModel", "Proposal", "VAE", "MLP", "Encoder", "Decoder", "PRESETS", "burda2015", "kingma2014", "mlp_vae",
-           "oracles", "ConditionalVAE", "cvae", "ConditionalGaussianPrior",
-           "LearnedGaussianPrior", "MixturePrior", "VampPrior", "prior_samples"]
+__all__ = [
+    "Batch", "Joint", "LatentModel", "Proposal", "VAE", "ConditionalVAE", "cvae", "MLP", "Encoder",
+    "Decoder", "PRESETS", "burda2015", "kingma2014", "mlp_vae", "oracles",
+    "ConditionalGaussianPrior", "LearnedGaussianPrior", "MixturePrior", "VampPrior",
+    "prior_samples",
+]
