@@ -9,6 +9,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jvae.bounds.numerics import check_number
+
 Array = jax.Array
 
 __all__ = ["linear_warmup", "constant_beta", "free_bits_kl"]
@@ -18,9 +20,14 @@ def linear_warmup(num_steps: int, *, beta_max: float = 1.0):
   r"""KL warm-up: β(t) = β_max · min(1, t / N) (Bowman et al. 2015; Sønderby et al. 2016).
 
   Returns a pure function ``step -> beta`` (jit/vmap safe). ``num_steps = 0`` gives β = β_max.
+
+  Raises:
+    ValueError: ``num_steps < 0``, or a static ``beta_max`` that is NaN, infinite or negative (a
+      negative β rewards the KL term, so the objective is no longer a bound).
   """
   if num_steps < 0:
     raise ValueError(f"warm-up num_steps must be >= 0, got {num_steps}")
+  check_number(beta_max, "linear_warmup beta_max", minimum=0.0)
 
   def schedule(step):
     if num_steps == 0:
@@ -32,7 +39,12 @@ def linear_warmup(num_steps: int, *, beta_max: float = 1.0):
 
 
 def constant_beta(beta: float):
-  """A constant β schedule ``step -> beta`` (β-VAE, Higgins et al. 2017)."""
+  """A constant β schedule ``step -> beta`` (β-VAE, Higgins et al. 2017).
+
+  Raises:
+    ValueError: a static ``beta`` that is NaN, infinite or negative.
+  """
+  check_number(beta, "constant_beta beta", minimum=0.0)
   return lambda step: jnp.asarray(beta, jnp.float32)
 
 
@@ -51,7 +63,12 @@ def free_bits_kl(kl_per_dim: Array, *, lam: float, num_groups: int) -> Array:
     num_groups: number of groups K; must divide d.
   Returns:
     shape ``(batch,)``.
+
+  Raises:
+    ValueError: ``num_groups`` does not divide d, or a static ``lam`` is NaN, infinite or negative
+      (λ = NaN would turn every penalty into NaN at run time instead).
   """
+  check_number(lam, "free_bits_kl lam", minimum=0.0)
   chex.assert_rank(kl_per_dim, 2)
   batch, d = kl_per_dim.shape
   if num_groups < 1 or d % num_groups:

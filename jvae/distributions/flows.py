@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jvae.distributions.posteriors import DEFAULT_MIN_SCALE, GaussianPosterior
+from jvae.bounds.numerics import check_number
+from jvae.distributions.posteriors import DEFAULT_MIN_SCALE, GaussianPosterior, check_min_scale
 
 Array = jax.Array
 
@@ -260,10 +261,10 @@ class MADEParams(nn.Module):
 class IAFPosterior(nn.Module):
   r"""IAF posterior q(z|x): a factorized Gaussian pushed through ``num_steps`` gated IAF steps.
 
-  The base is exactly :class:`jvae._posteriors.GaussianPosterior` (submodule ``base``, params
-  ``base/loc``, ``base/scale``), so z₀ = μ₀ + σ₀ ⊙ ε; a Dense layer ``context`` maps the features
-  to c; steps ``step_0 … step_{T−1}`` (:class:`MADEParams`) alternate natural/reversed orderings.
-  ``sample_and_log_prob`` returns z = z_T and, in the same forward pass,
+  The base is exactly :class:`jvae.distributions.posteriors.GaussianPosterior` (submodule
+  ``base``, params ``base/loc``, ``base/scale``), so z₀ = μ₀ + σ₀ ⊙ ε; a Dense layer ``context``
+  maps the features to c; steps ``step_0 … step_{T−1}`` (:class:`MADEParams`) alternate
+  natural/reversed orderings. ``sample_and_log_prob`` returns z = z_T and, in the same forward pass,
 
   .. math::
      \log q = \log N(ε; 0, I) − \sum_i \log σ_{0,i} − \sum_t \sum_i \log σ_{t,i}
@@ -280,10 +281,14 @@ class IAFPosterior(nn.Module):
     hidden: MADE hidden widths (each ≥ d − 1 for full autoregressive connectivity).
     context_dim: size of the context vector c emitted by the encoder head (0: no context, each
       step is then an unconditional autoregressive map; the dependence on x is only via μ₀, σ₀).
-    min_scale: floor on σ₀.
-    forget_bias: b in σ_t = sigmoid(s_t + b); positive so each step starts near identity.
+    min_scale: floor on σ₀, a finite number > 0.
+    forget_bias: b in σ_t = sigmoid(s_t + b); positive so each step starts near identity; finite.
     out_init_scale: stddev of the final MADE kernels at init (small: the flow starts near the
-      scaling z′ = sigmoid(b) z).
+      scaling z′ = sigmoid(b) z); a finite number >= 0.
+
+  Raises:
+    ValueError: when built with a static ``min_scale`` that is not a finite number > 0, or a
+      non-finite ``forget_bias`` or ``out_init_scale`` (NaN would make every σ_t NaN).
   """
 
   latent_dim: int
@@ -293,6 +298,12 @@ class IAFPosterior(nn.Module):
   min_scale: float = DEFAULT_MIN_SCALE
   forget_bias: float = DEFAULT_FORGET_BIAS
   out_init_scale: float = 1e-2
+
+  def __post_init__(self):
+    check_min_scale(self.min_scale, "IAFPosterior")
+    check_number(self.forget_bias, "IAFPosterior forget_bias")
+    check_number(self.out_init_scale, "IAFPosterior out_init_scale", minimum=0.0)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, h: Array) -> distrax.Transformed:

@@ -32,8 +32,8 @@ def kl_per_dim(q: distrax.Distribution, p: distrax.Distribution) -> Array:
 def analytic_kl(q: distrax.Distribution, p: distrax.Distribution) -> Array:
   r"""KL(q ‖ p) in closed form, one value per batch element.
 
-  Diagonal Gaussians use the ``expm1`` form of :func:`jvae._numerics.gaussian_kl`. A full-covariance
-  q = N(μ, LLᵀ) against a diagonal p = N(m, S²) uses
+  Diagonal Gaussians use the ``expm1`` form of :func:`jvae.bounds.numerics.gaussian_kl`. A
+  full-covariance q = N(μ, LLᵀ) against a diagonal p = N(m, S²) uses
   ½[Σ_ij L_ij²/S_i² + Σ_i (μ_i−m_i)²/S_i² − d + 2Σ log S_i − 2Σ log σ_i]. Other pairs are
   delegated to distrax.
 

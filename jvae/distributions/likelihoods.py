@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvae.bounds.numerics import bernoulli_log_prob, softplus_scale
+from jvae.bounds.numerics import bernoulli_log_prob, check_number, softplus_scale
 
 Array = jax.Array
 
@@ -22,10 +22,13 @@ Array = jax.Array
 class StableBernoulli(distrax.Bernoulli):
   """A Bernoulli whose log-prob is ``x log σ(l) + (1-x) log σ(-l)``: finite for logits of ±1e4.
 
-  Also accepts non-binary x in [0, 1] (the cross-entropy used for grey-scale data).
+  Also accepts non-binary x in [0, 1] (the cross-entropy used for grey-scale data). x outside
+  [0, 1], ±inf or NaN is outside the support: ``log_prob`` is NaN in that entry (see
+  :func:`jvae.bounds.numerics.bernoulli_log_prob`), so the bound is NaN, never a number.
   """
 
   def log_prob(self, value: Array) -> Array:
+    """Elementwise log-probability of ``value``; NaN where it is not in [0, 1]."""
     return bernoulli_log_prob(self.logits, jnp.asarray(value, self.logits.dtype))
 
 
@@ -51,19 +54,34 @@ class BernoulliLikelihood(nn.Module):
 
 
 class GaussianLikelihood(nn.Module):
-  """p(x|z) = N(μ(z), diag σ²) with a fixed σ, or a learned σ.
+  r"""p(x|z) = N(μ(z), diag σ²) with a fixed σ, or a learned σ.
+
+  .. math:: \log p(x|z) = \sum_i -\tfrac12\big(\tfrac{x_i-μ_i}{σ_i}\big)^2 - \log σ_i
+     - \tfrac12\log 2π.
+
+  Non-finite x is outside the support: x = NaN gives a NaN log-prob and x = ±inf gives −inf, never
+  a finite value or +inf.
 
   Attributes:
     event_shape: shape of one x.
-    scale: a fixed σ; ignored when ``learn_scale``.
+    scale: a fixed σ; ignored when ``learn_scale``, but a finite number > 0 either way.
     learn_scale: if True, σ = softplus(·) + ``min_scale`` is emitted per dimension by the network.
-    min_scale: floor on a learned σ.
+    min_scale: floor on a learned σ, a finite number > 0.
+
+  Raises:
+    ValueError: when built with a static ``scale`` or ``min_scale`` that is 0, negative, NaN or
+      infinite (the density is then undefined).
   """
 
   event_shape: Sequence[int]
   scale: float = 1.0
   learn_scale: bool = False
   min_scale: float = 1e-3
+
+  def __post_init__(self):
+    check_number(self.scale, "GaussianLikelihood scale", minimum=0.0, strict=True)
+    check_number(self.min_scale, "GaussianLikelihood min_scale", minimum=0.0, strict=True)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, h: Array) -> distrax.Distribution:

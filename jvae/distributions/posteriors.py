@@ -16,11 +16,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvae.bounds.numerics import softplus_scale
+from jvae.bounds.numerics import check_number, softplus_scale
 
 Array = jax.Array
 
 DEFAULT_MIN_SCALE = 1e-4
+
+
+def check_min_scale(min_scale, owner: str) -> None:
+  """Raises ValueError unless a static ``min_scale`` is a finite number > 0 (``owner`` names it)."""
+  check_number(min_scale, f"{owner} min_scale", minimum=0.0, strict=True)
 
 
 def standard_normal(latent_dim: int, dtype=jnp.float32) -> distrax.MultivariateNormalDiag:
@@ -36,11 +41,18 @@ class GaussianPosterior(nn.Module):
 
   Attributes:
     latent_dim: size d of z.
-    min_scale: floor on σ, keeping log σ and 1/σ finite.
+    min_scale: floor on σ, keeping log σ and 1/σ finite; a finite number > 0.
+
+  Raises:
+    ValueError: when built with a static ``min_scale`` that is 0, negative, NaN or infinite.
   """
 
   latent_dim: int
   min_scale: float = DEFAULT_MIN_SCALE
+
+  def __post_init__(self):
+    check_min_scale(self.min_scale, "GaussianPosterior")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, h: Array) -> distrax.MultivariateNormalDiag:
@@ -127,10 +139,21 @@ class FullCovGaussianPosterior(nn.Module):
 
   The network emits μ, σ (softplus with a floor) and L′ (d×d, masked to its strict lower triangle);
   z = μ + Lε and log q = log N(ε) − Σ log σ_i.
+
+  Attributes:
+    latent_dim: size d of z.
+    min_scale: floor on σ, a finite number > 0.
+
+  Raises:
+    ValueError: when built with a static ``min_scale`` that is 0, negative, NaN or infinite.
   """
 
   latent_dim: int
   min_scale: float = DEFAULT_MIN_SCALE
+
+  def __post_init__(self):
+    check_min_scale(self.min_scale, "FullCovGaussianPosterior")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, h: Array) -> FullCovarianceGaussian:
