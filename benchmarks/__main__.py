@@ -38,7 +38,7 @@ SUITES = {
         "seeds": [],
         "snr": [],
         "nll": ["--epochs", "10", "--experiments", "vae1", "iwae5", "iwae50", "iwae50dreg",
-                "vae1iaf"],
+                "vae1iaf", "vae1_2l", "iwae5_2l", "iwae50_2l", "lvae1"],
     },
 }
 PLOTS = {"seeds", "snr"}

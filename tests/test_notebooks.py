@@ -16,6 +16,7 @@ import re
 import sys
 
 import pytest
+from scipy import stats
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -30,12 +31,10 @@ CELL_TIMEOUT_S = 300
 
 
 def _values(text: str, pattern: str) -> list[float]:
-  """The numbers captured by ``pattern``'s first match in ``text``; all must be finite."""
+  """The numbers captured by ``pattern``'s first match in ``text`` (NUM never matches nan/inf)."""
   match = re.search(pattern, text, flags=re.MULTILINE)
   assert match, f"no line matching {pattern!r} in the notebook's output:\n{text}"
-  values = [float(v) for v in match.groups()]
-  assert all(math.isfinite(v) for v in values), (pattern, values)
-  return values
+  return [float(v) for v in match.groups()]
 
 
 @pytest.fixture
@@ -74,8 +73,8 @@ def _check_quickstart(out: str) -> None:
   (test_elbo,) = _values(out, rf"^test ELBO\s+{NUM} nats")
   (test_iwae,) = _values(out, rf"^test IWAE_50\s+{NUM} nats")
   log_px, stderr = _values(out, rf"^test log p\(x\) ≈ {NUM} ± {NUM} nats")
-  assert test_elbo < test_iwae < 0, (test_elbo, test_iwae)
-  assert test_elbo < log_px < 0, (test_elbo, log_px)
+  assert test_elbo < test_iwae, (test_elbo, test_iwae)
+  assert log_px >= test_iwae - 3 * stderr, (test_iwae, log_px, stderr)  # K = 5000 ≥ K = 50
   assert 0 < stderr < 1, stderr
   first, last = _values(out, rf"plain loop: -ELBO {NUM} -> {NUM} nats")
   assert last < first, "the hand-written optax loop did not lower the loss"
@@ -105,13 +104,15 @@ def _check_bounds_and_estimators(out: str) -> None:
 def _check_many_seeds(out: str) -> None:
   summaries = {}
   for name in ("ELBO", r"log p\(x\)"):
-    mean, std, low, high = _values(
-        out, rf"^test {name} over \d+ seeds: mean {NUM}, std {NUM}, 95% CI \[{NUM}, {NUM}\]")
-    assert low <= mean <= high and std >= 0, (name, mean, std, low, high)
+    n, mean, std, low, high = _values(
+        out, rf"^test {name} over {NUM} seeds: mean {NUM}, std {NUM}, 95% CI \[{NUM}, {NUM}\]")
+    # The printed interval is the Student-t interval of the printed mean and std (3 decimals).
+    half = stats.t.ppf(0.975, int(n) - 1) * std / math.sqrt(n)
+    assert std > 0, (name, std)
+    assert (low + high) / 2 == pytest.approx(mean, abs=2e-3), (name, mean, low, high)
+    assert (high - low) / 2 == pytest.approx(half, rel=2e-2, abs=2e-3), (name, half, low, high)
     summaries[name] = mean
-  assert summaries["ELBO"] < summaries[r"log p\(x\)"] < 0, summaries
-  (one_seed_ms,) = _values(out, rf"^one seed:\s+{NUM} ms per epoch")
-  assert one_seed_ms > 0
+  assert summaries["ELBO"] < summaries[r"log p\(x\)"], summaries
   (diff,) = _values(out, rf"max difference of the validation ELBO over \d+ epochs: {NUM} nats")
   assert diff < 1e-2, f"seed 0 alone differs from seed 0 of the multi-seed run by {diff}"
 

@@ -92,9 +92,8 @@ def test_log_marginal_within_four_standard_errors():
   f = jax.jit(jvae.log_marginal(model, num_samples=5000, chunk_size=512, return_stderr=True))
   est, se = f(params, jax.random.key(3), x)
   chex.assert_shape([est, se], (BATCH,))
-  assert np.all(se > 0)
   np.testing.assert_array_less(np.abs(est - truth), 4 * se)
-  assert np.all(est < truth + 4 * se) and np.all(se < 0.05)  # informative, not a vacuous SE
+  assert np.all(se < 0.05)  # informative, not a vacuous SE
 
 
 def test_log_marginal_stderr_matches_spread_over_keys():
@@ -202,7 +201,8 @@ def test_extreme_logits_and_floor_scales_are_finite(logit, make):
   params = _extreme_params(model, x, logit)
   f = make(model)
   val, grad = jax.value_and_grad(lambda p: f(p, jax.random.key(1), x).sum())(params)
-  assert np.isfinite(val) and val < -1e4  # 5 wrong pixels a row cost 1e4 nats each
+  # 5 wrong pixels a row cost |logit| nats each: 3 rows · 5 pixels · 1e4.
+  assert val == pytest.approx(-3 * 5 * abs(logit), rel=1e-2)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grad))
 
 

@@ -112,7 +112,6 @@ def test_step_decreases_loss_on_fixed_batch(model, data):
   assert int(st.step) == 60 and int(st.nonfinite) == 0
   # The ELBO is a 1-sample MC estimate, so compare 10-step averages: the fit must improve clearly.
   first, last = np.mean(losses[:10]), np.mean(losses[-10:])
-  assert np.all(np.isfinite(losses))
   assert last < first - 0.5, (first, last)
   # A step is deterministic given the state and the batch.
   st2, m2 = step(st, batch)
@@ -250,9 +249,10 @@ def test_nonfinite_loss_step_is_skipped():
 
   # finite steps after the skipped one update again, exactly as if the bad batch never came
   st_next, m = step(st_bad, x[16:20])
-  assert float(m["finite"]) == 1.0 and np.isfinite(float(m["loss"]))
+  assert float(m["finite"]) == 1.0
   assert int(st_next.nonfinite) == 1
-  st_ref, _ = step(st, x[16:20])
+  st_ref, m_ref = step(st, x[16:20])
+  assert float(m["loss"]) == float(m_ref["loss"])
   _assert_trees_equal(st_next.params, st_ref.params)  # _quad ignores the key
   assert not np.array_equal(np.asarray(st_next.params["w"]), np.asarray(st_bad.params["w"]))
 
@@ -581,7 +581,7 @@ def test_fit_records_and_best_tracking():
   fs, hist, states = _multi_run()
   assert [int(s.epoch) for s in states] == list(range(1, EPOCHS + 1))
   for r in hist:
-    assert r["seconds"] > 0 and r["steps_per_s"] > 0
+    assert r["steps_per_s"] == pytest.approx((N_TRAIN // BATCH) / r["seconds"])
     for name in ("train_bound", "valid_bound", "best_valid_bound", "nonfinite", "active"):
       assert r[name].shape == (3,), name
   v = np.stack([r["valid_bound"] for r in hist])  # (epochs, seeds)

@@ -204,6 +204,12 @@ class ConditionalVAE(nn.Module):
     px = self.decode(z, c)
     return px.mean() if mean else px.sample(seed=x_key)
 
+  @nn.nowrap
+  def reconstruct(self, params, key, batch) -> Array:
+    """The mean of p(x|z, c) at one z ~ q(z|x, c) per example: ``(batch, *event)``."""
+    z = self.propose(params, key, batch, num_samples=1).z
+    return self.apply(params, z[0], batch.c, method=lambda m, z, c: m.decode(z, c).mean())
+
   @property
   def latent_dim(self) -> int:
     if isinstance(self.prior, distrax.Distribution):

@@ -114,6 +114,25 @@ class VAE(nn.Module):
     groups = _diag_log_prob(prior, z) if _is_diag(prior) else None
     return px.log_prob(x), prior.log_prob(z), groups
 
+  # -- pictures (optional, outside the contract) -----------------------------------------------
+
+  @nn.nowrap
+  def generate(self, params, key, num: int, *, mean: bool = True) -> Array:
+    """x ~ p(x|z) (or its mean) for ``num`` draws z ~ p(z): ``(num, *event)``."""
+    return self.apply(params, key, num, mean, method=VAE._generate)
+
+  def _generate(self, key, num: int, mean: bool):
+    z_key, x_key = jax.random.split(key)
+    z = self.prior_distribution().sample(seed=z_key, sample_shape=(num,))
+    px = self.decode(z)
+    return px.mean() if mean else px.sample(seed=x_key)
+
+  @nn.nowrap
+  def reconstruct(self, params, key, batch) -> Array:
+    """The mean of p(x|z) at one z ~ q(z|x) per example: ``(batch, *event)``."""
+    z = self.propose(params, key, batch, num_samples=1).z
+    return self.apply(params, z[0], method=lambda m, z: m.decode(z).mean())
+
   @property
   def latent_dim(self) -> int:
     if self.prior is not None and not isinstance(self.prior, nn.Module):
