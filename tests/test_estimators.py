@@ -453,23 +453,26 @@ KL_PER_DIM = np.array([[0.1, 0.2, 1.5, 0.4],
 def test_free_bits_value_and_gradient():
   lam = 1.0
   kl = jnp.asarray(KL_PER_DIM)
-  out = jvae.stabilizers.free_bits_kl(kl, lam=lam, num_groups=2)
+  out = jvae.stabilizers.free_bits_kl(kl, lam=lam, num_latent_groups=2)
   assert out.shape == (3,)
   group_means = KL_PER_DIM.reshape(3, 2, 2).sum(-1).mean(0)
   assert group_means[0] < lam < group_means[1]  # one group held at λ, one active
   np.testing.assert_allclose(out.mean(), np.maximum(lam, group_means).sum(), rtol=1e-6)
   # Per point: λ for the held group plus the point's own KL in the active group.
   np.testing.assert_allclose(out, lam + KL_PER_DIM[:, 2:].sum(-1), rtol=1e-6)
-  grad = jax.grad(lambda k: jvae.stabilizers.free_bits_kl(k, lam=lam, num_groups=2).mean())(kl)
+  fb = jvae.stabilizers.free_bits_kl
+  grad = jax.grad(lambda k: fb(k, lam=lam, num_latent_groups=2).mean())(kl)
   np.testing.assert_array_equal(grad[:, :2], 0.0)       # below λ: no gradient
   np.testing.assert_allclose(grad[:, 2:], 1.0 / 3.0, rtol=1e-6)  # above λ: 1/batch per element
   # One group per dimension: dimension means 0.2, 0.1, 1.5, 0.533 against λ = 0.5.
-  per_dim = jvae.stabilizers.free_bits_kl(kl, lam=0.5, num_groups=4)
+  per_dim = jvae.stabilizers.free_bits_kl(kl, lam=0.5, num_latent_groups=4)
   np.testing.assert_allclose(per_dim.mean(), 0.5 + 0.5 + 1.5 + 1.6 / 3, rtol=1e-6)
-  with pytest.raises(ValueError, match="num_groups must divide latent size 4, got 3"):
-    jvae.stabilizers.free_bits_kl(kl, lam=lam, num_groups=3)
-  with pytest.raises(ValueError, match="num_groups must divide latent size 4, got 0"):
-    jvae.stabilizers.free_bits_kl(kl, lam=lam, num_groups=0)
+  with pytest.raises(ValueError, match="num_latent_groups must divide the latent size 4, got 3"):
+    jvae.stabilizers.free_bits_kl(kl, lam=lam, num_latent_groups=3)
+  with pytest.raises(ValueError, match="num_latent_groups must divide the latent size 4, got 0"):
+    jvae.stabilizers.free_bits_kl(kl, lam=lam, num_groups=0)  # the former name, an alias
+  with pytest.raises(ValueError, match="exactly once"):
+    jvae.stabilizers.free_bits_kl(kl, lam=lam, num_groups=2, num_latent_groups=2)
 
 
 FB_LAM = 1.35  # between the two group-mean KLs (≈1.41, ≈1.30) of the model below at init

@@ -106,11 +106,11 @@ def test_free_bits_nan():
   kl = jnp.asarray(np.random.default_rng(0).uniform(0.0, 2.0, (3, 4)), jnp.float32)
   for bad in BAD_NONNEGATIVE:
     with pytest.raises(ValueError, match=_expected("free_bits_kl lam", ">= 0")):
-      stabilizers.free_bits_kl(kl, lam=bad, num_groups=2)
+      stabilizers.free_bits_kl(kl, lam=bad, num_latent_groups=2)
     with pytest.raises(ValueError, match=_expected("free_bits_kl lam", ">= 0")):
-      jax.jit(lambda k, lam=bad: stabilizers.free_bits_kl(k, lam=lam, num_groups=2))(kl)
-  traced = jax.jit(lambda k, lam: stabilizers.free_bits_kl(k, lam=lam, num_groups=2))(kl, 1.0)
-  np.testing.assert_array_equal(traced, stabilizers.free_bits_kl(kl, lam=1.0, num_groups=2))
+      jax.jit(lambda k, lam=bad: stabilizers.free_bits_kl(k, lam=lam, num_latent_groups=2))(kl)
+  traced = jax.jit(lambda k, lam: stabilizers.free_bits_kl(k, lam=lam, num_latent_groups=2))(kl, 1.0)
+  np.testing.assert_array_equal(traced, stabilizers.free_bits_kl(kl, lam=1.0, num_latent_groups=2))
 
 
 def test_renyi_alpha_nan():

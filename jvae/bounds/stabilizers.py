@@ -48,10 +48,11 @@ def constant_beta(beta: float):
   return lambda step: jnp.asarray(beta, jnp.float32)
 
 
-def free_bits_kl(kl_per_dim: Array, *, lam: float, num_groups: int) -> Array:
+def free_bits_kl(kl_per_dim: Array, *, lam: float, num_latent_groups: int | None = None,
+                 num_groups: int | None = None) -> Array:
   r"""Per-data-point KL penalty with free bits (Kingma et al. 2016, Eq. 15).
 
-  The latent dimensions are split into ``num_groups`` contiguous groups g; with
+  The latent dimensions are split into ``num_latent_groups`` contiguous groups g; with
   :math:`\overline{KL}_g = \mathbb E_{\text{batch}}[KL_g]`, the penalty is
   :math:`\sum_g \max(\lambda, \overline{KL}_g)`. Groups already above λ nats are penalised by
   their per-point KL; groups below are held at λ with zero gradient. The batch mean of the result
@@ -60,19 +61,24 @@ def free_bits_kl(kl_per_dim: Array, *, lam: float, num_groups: int) -> Array:
   Args:
     kl_per_dim: shape ``(batch, d)``, per-dimension KL(q(z_j|x) ‖ p(z_j)) of each data point.
     lam: λ in nats per group.
-    num_groups: number of groups K; must divide d.
+    num_latent_groups: number of groups G of latent dimensions; must divide d.
+    num_groups: the former name of ``num_latent_groups`` (kept as an alias; MIWAE's
+      ``num_groups`` counts groups of samples, a different thing).
   Returns:
     shape ``(batch,)``.
 
   Raises:
-    ValueError: ``num_groups`` does not divide d, or a static ``lam`` is NaN, infinite or negative
-      (λ = NaN would turn every penalty into NaN at run time instead).
+    ValueError: the group count does not divide d, both names are given, or a static ``lam`` is
+      NaN, infinite or negative (λ = NaN would turn every penalty into NaN at run time instead).
   """
   check_number(lam, "free_bits_kl lam", minimum=0.0)
+  if (num_latent_groups is None) == (num_groups is None):
+    raise ValueError("free_bits_kl: give num_latent_groups (or its alias num_groups), exactly once")
+  groups = num_latent_groups if num_groups is None else num_groups
   chex.assert_rank(kl_per_dim, 2)
   batch, d = kl_per_dim.shape
-  if num_groups < 1 or d % num_groups:
-    raise ValueError(f"free bits: num_groups must divide latent size {d}, got {num_groups}")
-  kl_g = kl_per_dim.reshape(batch, num_groups, d // num_groups).sum(-1)
+  if groups < 1 or d % groups:
+    raise ValueError(f"free bits: num_latent_groups must divide the latent size {d}, got {groups}")
+  kl_g = kl_per_dim.reshape(batch, groups, d // groups).sum(-1)
   active = jnp.mean(kl_g, axis=0) > lam
   return jnp.sum(jnp.where(active, kl_g, jnp.asarray(lam, kl_g.dtype)), axis=-1)

@@ -146,7 +146,7 @@ def elbo(model, *, num_samples: int = 1, kl: str = "analytic",
                          f"{type(model).__name__} does not return for this posterior/prior")
       per_group = _sample_mean(proposal.log_q_groups - joint.log_prior_groups, num_samples)
     groups = free_bits_groups or per_group.shape[-1]
-    return log_lik - beta * free_bits_kl(per_group, lam=free_bits, num_groups=groups)
+    return log_lik - beta * free_bits_kl(per_group, lam=free_bits, num_latent_groups=groups)
 
   return with_checks(body)
 
