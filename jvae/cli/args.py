@@ -44,56 +44,74 @@ _positive_float = _number(float, 0, strict=True)
 _nonneg_float = _number(float, 0)
 
 
+class UsageError(ValueError):
+  """An impossible combination of options: reported as a usage error, not a traceback."""
+
+
+LATENT_DIMS = {"mlp": 8, "kingma2014": 20, "burda2015": 50}  # the default latent size per model
+# Options a resumed run may change; every other option must agree with the saved run.
+RESUME_MAY_CHANGE = ("epochs", "patience", "eval_samples", "seed_chunk", "no_progress")
+
+
+def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
+  """Adds ``jvae train``'s options to ``t``; returns their actions."""
+  add = t.add_argument
+  return [
+      add("--data", choices=DATASETS, default="digits"),
+      add("--model", choices=MODELS, default="mlp",
+          help="mlp: --hidden/--latent-dim; kingma2014: 784-500-20; burda2015: 784-200-200-50"),
+      add("--hidden", type=_positive_int, nargs="+", default=None,
+          help="hidden widths of the mlp model (default 128 64)"),
+      add("--latent-dim", type=_positive_int, default=None,
+          help="size of z (default: mlp 8, kingma2014 20, burda2015 50)"),
+      add("--posterior", choices=POSTERIORS, default="gaussian"),
+      add("--iaf-steps", type=_nonneg_int, default=2),
+      add("--bound", choices=BOUNDS, default="elbo"),
+      add("--num-samples", "-k", type=_positive_int, default=1,
+          help="samples K per data point (per group for miwae/piwae)"),
+      add("--groups", type=_positive_int, default=1, help="M for miwae/piwae"),
+      add("--alpha", type=_nonneg_float, default=0.5, help="order of the Rényi bound"),
+      add("--elbo-weight", type=_nonneg_float, default=0.5, help="β of CIWAE, in [0, 1]"),
+      add("--kl", choices=("analytic", "sample"), default=None,
+          help="ELBO KL term (default: analytic when it exists, else sample)"),
+      add("--estimator", choices=ESTIMATORS, default="reparam"),
+      add("--warmup-steps", type=_nonneg_int, default=0, help="KL warm-up length"),
+      add("--beta", type=_nonneg_float, default=1.0, help="(final) KL weight β"),
+      add("--free-bits", type=_nonneg_float, default=None, help="λ in nats per group"),
+      add("--free-bits-groups", type=_positive_int, default=None),
+      add("--epochs", type=_nonneg_int, default=None,
+          help=f"number of epochs (default {DEFAULT_EPOCHS}); with --resume, a new total"),
+      add("--batch-size", type=_positive_int, default=100),
+      add("--lr", type=_positive_float, default=1e-3),
+      add("--optimizer", choices=OPTIMIZERS, default="adam"),
+      add("--patience", type=_positive_int, default=None,
+          help="early stopping: epochs without validation improvement"),
+      add("--seed", type=_nonneg_int, default=0),
+      add("--seeds", type=_positive_int, default=1, help="train N seeds in one program"),
+      add("--devices", type=_positive_int, default=None,
+          help="shard over this many devices (see --parallel)"),
+      add("--parallel", choices=("data", "seeds"), default="data"),
+      add("--seed-chunk", type=_seed_chunk, default="auto", metavar="K|auto",
+          help="with --seeds: train K seeds per vmap, lax.map over the chunks (auto: 2 on a CPU, "
+               "all at once on an accelerator or with --parallel seeds); speed only"),
+      add("--eval-samples", type=_positive_int, default=None,
+          help="K of the final test IWAE / log-likelihood estimate (default 100)"),
+      add("--out", type=pathlib.Path, default=None,
+          help="run directory (default runs/<date-time>, made unique)"),
+      add("--resume", type=pathlib.Path, default=None, metavar="RUN_DIR",
+          help="continue RUN_DIR from its last complete checkpoint; only --epochs, --patience, "
+               "--eval-samples, --seed-chunk and --no-progress may be given with it"),
+      add("--no-progress", action="store_true"),
+  ]
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="jvae", description="Train, evaluate and sample variational autoencoders.")
   sub = parser.add_subparsers(dest="command", required=True)
 
   t = sub.add_parser("train", help="train a VAE (default: a small MLP VAE on digits)")
-  t.add_argument("--data", choices=DATASETS, default="digits")
-  t.add_argument("--model", choices=MODELS, default="mlp",
-                 help="mlp: --hidden/--latent-dim; kingma2014: 784-500-20; burda2015: "
-                      "784-200-200-50")
-  t.add_argument("--hidden", type=_positive_int, nargs="+", default=None,
-                 help="hidden widths of the mlp model (default 128 64)")
-  t.add_argument("--latent-dim", type=_positive_int, default=None)
-  t.add_argument("--posterior", choices=POSTERIORS, default="gaussian")
-  t.add_argument("--iaf-steps", type=_nonneg_int, default=2)
-  t.add_argument("--bound", choices=BOUNDS, default="elbo")
-  t.add_argument("--num-samples", "-k", type=_positive_int, default=1,
-                 help="samples K per data point (per group for miwae/piwae)")
-  t.add_argument("--groups", type=_positive_int, default=1, help="M for miwae/piwae")
-  t.add_argument("--alpha", type=_nonneg_float, default=0.5, help="order of the Rényi bound")
-  t.add_argument("--elbo-weight", type=_nonneg_float, default=0.5, help="β of CIWAE")
-  t.add_argument("--kl", choices=("analytic", "sample"), default=None,
-                 help="ELBO KL term (default: analytic when it exists, else sample)")
-  t.add_argument("--estimator", choices=ESTIMATORS, default="reparam")
-  t.add_argument("--warmup-steps", type=_nonneg_int, default=0, help="KL warm-up length")
-  t.add_argument("--beta", type=_nonneg_float, default=1.0, help="(final) KL weight β")
-  t.add_argument("--free-bits", type=_nonneg_float, default=None, help="λ in nats per group")
-  t.add_argument("--free-bits-groups", type=_positive_int, default=None)
-  t.add_argument("--epochs", type=_nonneg_int, default=None,
-                 help=f"number of epochs (default {DEFAULT_EPOCHS}); with --resume, a new total")
-  t.add_argument("--batch-size", type=_positive_int, default=100)
-  t.add_argument("--lr", type=_positive_float, default=1e-3)
-  t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-  t.add_argument("--patience", type=_positive_int, default=None,
-                 help="early stopping: epochs without validation improvement")
-  t.add_argument("--seed", type=_nonneg_int, default=0)
-  t.add_argument("--seeds", type=_positive_int, default=1, help="train N seeds in one program")
-  t.add_argument("--devices", type=_positive_int, default=None,
-                 help="shard over this many devices (see --parallel)")
-  t.add_argument("--parallel", choices=("data", "seeds"), default="data")
-  t.add_argument("--seed-chunk", type=_seed_chunk, default="auto", metavar="K|auto",
-                 help="with --seeds: train K seeds per vmap, lax.map over the chunks (auto: 2 on "
-                      "a CPU, all at once on an accelerator or with --parallel seeds); speed only")
-  t.add_argument("--eval-samples", type=_positive_int, default=None,
-                 help="K of the final test IWAE / log-likelihood estimate (default 100)")
-  t.add_argument("--out", type=pathlib.Path, default=None,
-                 help="run directory (default runs/<date-time>)")
-  t.add_argument("--resume", type=pathlib.Path, default=None, metavar="RUN_DIR",
-                 help="continue RUN_DIR from its last complete checkpoint")
-  t.add_argument("--no-progress", action="store_true")
+  _add_train_arguments(t)
 
   e = sub.add_parser("eval", help="test log-likelihood of a run with importance sampling")
   e.add_argument("run_dir", type=pathlib.Path)
@@ -112,3 +130,95 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--seed-index", type=_nonneg_int, default=0)
   s.add_argument("--seed", type=_nonneg_int, default=0)
   return parser
+
+
+def explicit_train_options(argv) -> set[str]:
+  """Names (``dest``) of the ``jvae train`` options given in ``argv`` (the words after ``train``).
+
+  A default is not "given": ``--lr 1e-3`` is, no ``--lr`` is not, whatever the default is.
+  """
+  p = argparse.ArgumentParser(add_help=False)
+  for action in _add_train_arguments(p):
+    action.default = argparse.SUPPRESS  # an option not given leaves no attribute
+  return set(vars(p.parse_args(list(argv))))
+
+
+def default_train_options() -> dict:
+  """The parser's default of every ``jvae train`` option, by ``dest``."""
+  p = argparse.ArgumentParser(add_help=False)
+  return {a.dest: a.default for a in _add_train_arguments(p)}
+
+
+def latent_size(model: str, latent_dim: int | None) -> int:
+  """The size of z that ``--model`` and ``--latent-dim`` give."""
+  return latent_dim if latent_dim is not None else LATENT_DIMS[model]
+
+
+def check_train_options(args, given) -> None:
+  """Raises UsageError for options that cannot work together; reads and writes nothing.
+
+  Run before anything touches the disk. ``given`` names the options written on the command line:
+  an option the chosen model or bound ignores is an error only when it was given.
+
+  Args:
+    args: the parsed ``jvae train`` namespace (all options, defaults filled in).
+    given: ``dest`` names of the options given explicitly (see ``explicit_train_options``).
+  """
+  problems = _option_problems(vars(args), set(given))
+  if problems:
+    raise UsageError("; ".join(problems))
+
+
+def _option_problems(o: dict, given: set[str]) -> list[str]:
+  bound, est, post = o["bound"], o["estimator"], o["posterior"]
+  out = []
+  if o["model"] != "mlp" and "hidden" in given:
+    out.append(f"--hidden applies to --model mlp only (--model {o['model']} has fixed widths)")
+  if post != "iaf" and "iaf_steps" in given:
+    out.append(f"--iaf-steps applies to --posterior iaf only, not {post}")
+  if bound != "renyi" and "alpha" in given:
+    out.append(f"--alpha applies to --bound renyi only, not {bound}")
+  if bound != "ciwae" and "elbo_weight" in given:
+    out.append(f"--elbo-weight applies to --bound ciwae only, not {bound}")
+  if o["elbo_weight"] > 1:
+    out.append(f"--elbo-weight must be in [0, 1], got {o['elbo_weight']:g}")
+  if bound not in ("miwae", "piwae") and o["groups"] != 1:
+    out.append(f"--groups {o['groups']} applies to --bound miwae/piwae only, not {bound}")
+  if bound != "elbo" and o["kl"] is not None:
+    out.append(f"--kl applies to --bound elbo only, not {bound}")
+  allowed = {"renyi": ("reparam", "stl"), "ciwae": ("reparam", "stl"),
+             "piwae": ("reparam", "dreg")}.get(bound, ESTIMATORS)
+  if est not in allowed:
+    out.append(f"--bound {bound} takes --estimator {' or '.join(allowed)}, not {est}")
+  if o["kl"] == "analytic" and post == "iaf":
+    out.append("--kl analytic has no closed form for --posterior iaf; use --kl sample")
+  if o["kl"] == "analytic" and est != "reparam":
+    out.append(f"--estimator {est} drops the score term of log q(z|x), which needs --kl sample; "
+               "--kl analytic has no such term")
+  out += _free_bits_problems(o, bound, post)
+  devices = o["devices"]
+  if devices and o["parallel"] == "seeds" and o["seeds"] % devices:
+    out.append(f"--parallel seeds needs --seeds ({o['seeds']}) to be a multiple of --devices "
+               f"({devices})")
+  if devices and o["parallel"] == "data" and o["batch_size"] % devices:
+    out.append(f"--parallel data needs --batch-size ({o['batch_size']}) to be a multiple of "
+               f"--devices ({devices})")
+  return out
+
+
+def _free_bits_problems(o: dict, bound: str, post: str) -> list[str]:
+  fb, groups = o["free_bits"], o["free_bits_groups"]
+  if fb is None:
+    return ["--free-bits-groups needs --free-bits"] if groups is not None else []
+  out = []
+  if bound != "elbo":
+    out.append(f"--free-bits applies to --bound elbo only, not {bound}")
+  if post != "gaussian":
+    out.append(f"--free-bits needs a per-dimension KL, which only --posterior gaussian has "
+               f"(not {post})")
+  latent = latent_size(o["model"], o["latent_dim"])
+  if groups is not None and latent % groups:
+    out.append(f"--free-bits-groups {groups} does not divide the latent size {latent} "
+               f"(--model {o['model']}"
+               + (f", --latent-dim {o['latent_dim']})" if o["latent_dim"] is not None else ")"))
+  return out

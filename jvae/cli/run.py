@@ -1,14 +1,17 @@
 """What the ``jvae`` subcommands do: a training run directory and the tools that read it.
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (a line per epoch and seed),
-``checkpoints/ckpt_*`` (Orbax, one per epoch, verified by a manifest), ``summary.json``,
-``samples.png`` and ``reconstructions.png``.
+``checkpoints/ckpt_*`` (Orbax, one per epoch, the last 3 kept, verified by a manifest),
+``summary.json``, ``samples.png`` and ``reconstructions.png``. Every JSON file is strict JSON, a
+non-finite number written as ``null``. How run directories are claimed, resumed and cleaned up
+is in :mod:`jvae.cli.rundir`.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +20,14 @@ import optax
 
 import jvae
 from jvae.cli import args as _cli
+from jvae.cli import rundir
 from jvae.io import checkpoint, files
 from jvae.io import data as jdata
 from jvae.io import images as _images
 from jvae.training import parallel as _parallel
 from jvae.io.data import DataIntegrityError
 
-__all__ = ["DataIntegrityError", "Run", "UsageError", "build_bound", "build_model"]
+__all__ = ["DataIntegrityError", "Run", "RunError", "UsageError", "build_bound", "build_model"]
 
 CONFIG_KEYS = ("data", "model", "hidden", "latent_dim", "posterior", "iaf_steps", "bound",
                "num_samples", "groups", "alpha", "elbo_weight", "kl", "estimator",
@@ -32,8 +36,13 @@ CONFIG_KEYS = ("data", "model", "hidden", "latent_dim", "posterior", "iaf_steps"
                "eval_samples")
 
 
-class UsageError(ValueError):
-  """An impossible combination of options: reported as a usage error, not a traceback."""
+UsageError = _cli.UsageError
+INTERRUPTED = 130  # the exit status of a run stopped by SIGINT (128 + 2), as shells report it
+NUM_RECONSTRUCTIONS = 16
+
+
+class RunError(RuntimeError):
+  """A run directory that cannot be used as asked (e.g. none of its checkpoints restores)."""
 
 
 def build_model(cfg: dict, event_shape) -> jvae.VAE:
@@ -43,7 +52,7 @@ def build_model(cfg: dict, event_shape) -> jvae.VAE:
   if cfg["latent_dim"] is not None:
     kwargs["latent_dim"] = cfg["latent_dim"]
   if cfg["model"] == "mlp":
-    kwargs.setdefault("latent_dim", 8)
+    kwargs.setdefault("latent_dim", _cli.LATENT_DIMS["mlp"])
     return jvae.mlp_vae(hidden=tuple(cfg["hidden"] or (128, 64)), **kwargs)
   return jvae.PRESETS[cfg["model"]](**kwargs)
 
@@ -79,6 +88,7 @@ class Run:
 
   def __init__(self, cfg: dict, *, mesh=None):
     self.cfg = cfg
+    self.mesh = mesh
     self.data = jdata.load(cfg["data"])
     _check_config(cfg, self.data.train.shape[0])
     self.model = build_model(cfg, self.data.event_shape)
@@ -98,7 +108,17 @@ class Run:
                                     jvae.seed_keys(cfg["seed"], cfg["seeds"]), x0)
 
   def restore(self, run_dir: pathlib.Path):
-    restored = checkpoint.restore_latest(run_dir / "checkpoints", self.init_state)
+    """The newest checkpoint of ``run_dir`` restored, or None if it has no complete one.
+
+    Raises:
+      RunError: it has complete checkpoints, but none restores into this config's state.
+    """
+    with _one_line_warnings():
+      try:
+        restored = checkpoint.restore_latest(run_dir / rundir.CHECKPOINTS, self.init_state)
+      except checkpoint.CheckpointError as err:
+        raise RunError(f"{run_dir}: no checkpoint restores into the model its config.json "
+                       f"describes (was it edited?); nothing was changed: {err}") from None
     return None if restored is None else restored[1]
 
 
@@ -110,80 +130,107 @@ def _check_config(cfg: dict, n_train: int) -> None:
   if cfg["batch_size"] > n_train:
     raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the training set "
                      f"({n_train} examples of {cfg['data']})")
-  if cfg["posterior"] == "iaf" and cfg["kl"] == "analytic":
-    raise UsageError("--kl analytic has no closed form for --posterior iaf; use --kl sample")
   devices = cfg["devices"]
   if devices is not None and devices > len(jax.devices()):
     raise UsageError(f"--devices {devices}, but only {len(jax.devices())} are available")
-  if devices and cfg["parallel"] == "seeds" and cfg["seeds"] % devices:
-    raise UsageError(f"--parallel seeds needs --seeds ({cfg['seeds']}) to be a multiple of "
-                     f"--devices ({devices})")
-  if devices and cfg["parallel"] == "data" and cfg["batch_size"] % devices:
-    raise UsageError(f"--parallel data needs --batch-size ({cfg['batch_size']}) to be a "
-                     f"multiple of --devices ({devices})")
 
 
-def _metrics_rows(record: dict, num_seeds: int) -> list[dict]:
-  rows = []
-  for i in range(num_seeds):
-    row = {"epoch": record["epoch"], "seed_index": i, "seconds": record["seconds"],
-           "steps_per_s": record["steps_per_s"]}
-    for key, value in record.items():
-      if isinstance(value, np.ndarray) and value.shape == (num_seeds,):
-        row[key] = value[i].item()
-    rows.append(row)
-  return rows
+@contextlib.contextmanager
+def _one_line_warnings():
+  """Shows a CheckpointWarning as one ``jvae: warning: …`` line, without the source line."""
+  with warnings.catch_warnings():
+    shown = warnings.showwarning
 
+    def show(message, category, filename, lineno, file=None, line=None):
+      if issubclass(category, checkpoint.CheckpointWarning):
+        files.eprint(f"jvae: warning: {message}")
+      else:
+        shown(message, category, filename, lineno, file, line)
 
-def _truncate_metrics(path: pathlib.Path, last_epoch: int) -> None:
-  if not path.exists():
-    return
-  keep = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line)["epoch"] <= last_epoch]
-  path.write_text("".join(line + "\n" for line in keep))
+    warnings.showwarning = show
+    yield
 
 
 def _seed_params(params, i: int):
   return jax.tree_util.tree_map(lambda a: a[i], params)
 
 
+def _given(args) -> set[str]:
+  """The train options given on the command line (``main`` records them in ``args.given``)."""
+  given = getattr(args, "given", None)
+  if given is not None:
+    return set(given)
+  defaults = _cli.default_train_options()
+  return {k for k, d in defaults.items() if getattr(args, k, d) != d}
+
+
 def train(args, parser) -> int:
+  """``jvae train``: a new run, or ``--resume`` of a saved one; returns the exit status."""
+  given = _given(args)
   if args.resume is not None:
-    run_dir = args.resume
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-      raise UsageError(f"--resume {run_dir}: no config.json there")
-    cfg = json.loads(cfg_path.read_text())
-    if args.epochs is not None:
-      cfg["epochs"] = args.epochs
+    return _resume(args, given)
+  _cli.check_train_options(args, given)
+  cfg = _config_from_args(args)
+  if cfg["epochs"] is None:
+    cfg["epochs"] = _cli.DEFAULT_EPOCHS
+  run = _build_run(cfg)  # data, model and state: every remaining usage error, before the disk
+  claim = rundir.claim(args.out, cfg)
+  return _train_and_finish(run, claim.path, run.init_state, args, claim)
+
+
+def _resume(args, given: set[str]) -> int:
+  run_dir = files.absolute(args.resume)
+  saved = rundir.load_config(run_dir, what="--resume")
+  cfg = rundir.resumed_config(saved, args, given, CONFIG_KEYS)
+  run = _build_run(cfg)
+  state = run.restore(run_dir)
+  if state is None:
+    files.eprint(f"{run_dir} has no complete checkpoint yet; starting it from epoch 0")
+    state = run.init_state
   else:
-    cfg = _config_from_args(args)
-    if cfg["epochs"] is None:
-      cfg["epochs"] = _cli.DEFAULT_EPOCHS
-    run_dir = args.out or pathlib.Path("runs") / files.now_stamp()
-    if (run_dir / "config.json").exists():
-      raise UsageError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    files.eprint(f"resuming {run_dir} after epoch {int(state.epoch)}")
+  rundir.write_config(run_dir, cfg)
+  rundir.truncate_metrics(run_dir / "metrics.jsonl", int(state.epoch))
+  return _train_and_finish(run, run_dir, state, args, None)
+
+
+def _build_run(cfg: dict) -> Run:
   mesh = None
   if cfg["devices"]:
     _check_config(cfg, 10**12)
     axis = "data" if cfg["parallel"] == "data" else "seeds"
     mesh = _parallel.make_mesh(cfg["devices"], axis)
-  run = Run(cfg, mesh=mesh)
-  run_dir.mkdir(parents=True, exist_ok=True)
-  files.write_json(run_dir / "config.json", cfg)
+  return Run(cfg, mesh=mesh)
 
-  state = run.init_state
-  if args.resume is not None:
-    restored = run.restore(run_dir)
-    if restored is not None:
-      state = restored
-    files.eprint(f"resuming {run_dir} after epoch {int(state.epoch)}")
+
+def _train_and_finish(run: Run, run_dir: pathlib.Path, state, args, claim) -> int:
+  """Trains, tests and reports; cleans up after a run that fails before its first checkpoint.
+
+  Args:
+    claim: the ``rundir.Claim`` of a new run (None when resuming): what it created is removed if
+      the run fails or is interrupted before its first checkpoint.
+  """
+  try:
+    state = _fit(run, run_dir, state, args)
+    summary = _finish(run, state, run_dir)
+    files.write_json(run_dir / "summary.json", summary)
+  except KeyboardInterrupt:
+    files.eprint(rundir.interrupted_message(run_dir, claim))
+    return INTERRUPTED
+  except BaseException:
+    if claim is not None and claim.release():
+      files.eprint(f"jvae: the run failed before its first checkpoint; removed {run_dir}")
+    raise
+  _print_result(run.cfg, summary, run_dir)
+  return 0
+
+
+def _fit(run: Run, run_dir: pathlib.Path, state, args):
+  """Trains up to ``cfg["epochs"]``, writing metrics and a checkpoint after every epoch."""
+  cfg, mesh = run.cfg, run.mesh
   metrics_path = run_dir / "metrics.jsonl"
-  _truncate_metrics(metrics_path, int(state.epoch))
-
   train_x = jnp.asarray(run.data.train)
   valid_x = jnp.asarray(run.data.valid)
-  epoch_fn = None
   if mesh is not None:
     state = _parallel.place_fit_state(state, mesh, cfg["parallel"])
     train_x = jax.device_put(train_x, _parallel.replicated(mesh))
@@ -192,37 +239,36 @@ def train(args, parser) -> int:
   seed_chunk = None if mesh is not None and cfg["parallel"] == "seeds" else args.seed_chunk
   epoch_fn = jax.jit(jvae.make_epoch_fn(run.trainer, run.valid_bound, patience=cfg["patience"],
                                         seed_chunk=seed_chunk), donate_argnums=0)
-
   progress = _progress(cfg["epochs"], int(state.epoch), disable=args.no_progress)
 
   def on_epoch(fs, record):
-    rows = _metrics_rows(record, cfg["seeds"])
-    with metrics_path.open("a") as f:
-      for row in rows:
-        f.write(json.dumps(row) + "\n")
-    checkpoint.save(run_dir / "checkpoints", record["epoch"], fs,
-                    metadata={"epoch": record["epoch"]})
+    with rundir.sigint_deferred():
+      rundir.append_metrics(metrics_path, rundir.metrics_rows(record, cfg["seeds"]))
+      checkpoint.save(run_dir / rundir.CHECKPOINTS, record["epoch"], fs,
+                      metadata={"epoch": record["epoch"]})
     progress.update(1)
     progress.set_postfix({
         "steps/s": f"{record['steps_per_s']:.0f}",
         "train": f"{float(np.mean(record['train_bound'])):.2f}",
         "valid": f"{float(np.mean(record.get('valid_bound', np.nan))):.2f}"})
 
-  state, _ = jvae.fit(run.trainer, state, train_x, valid_x, epochs=cfg["epochs"],
-                      valid_bound=run.valid_bound, patience=cfg["patience"], callback=on_epoch,
-                      epoch_fn=epoch_fn)
-  progress.close()
-  summary = _finish(run, state, run_dir)
-  files.write_json(run_dir / "summary.json", summary)
-  final = summary["test"]
-  bound_name = summary["test_bound_name"]
+  try:
+    state, _ = jvae.fit(run.trainer, state, train_x, valid_x, epochs=cfg["epochs"],
+                        valid_bound=run.valid_bound, patience=cfg["patience"],
+                        callback=on_epoch, epoch_fn=epoch_fn)
+  finally:
+    progress.close()
+  return state
+
+
+def _print_result(cfg: dict, summary: dict, run_dir: pathlib.Path) -> None:
+  final, bound_name = summary["test"], summary["test_bound_name"]
   if cfg["seeds"] == 1:
     print(f"test {bound_name}: {final['mean']:.3f} nats   (run directory: {run_dir})")
   else:
     print(f"test {bound_name} over {cfg['seeds']} seeds: {final['mean']:.3f} ± {final['std']:.3f}"
           f" (95% CI {final['ci_low']:.3f} … {final['ci_high']:.3f})   (run directory: "
           f"{run_dir})")
-  return 0
 
 
 def _progress(total: int, initial: int, *, disable: bool):
@@ -245,7 +291,8 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
     def one(params, key, bound=bound):
       return jvae.evaluate(bound, params, key, test_x, batch_size=100)
 
-    keys = jax.random.split(jax.random.key(cfg["seed"] + 10**6), cfg["seeds"])
+    # Seed i's key is that of a one-seed run of seed + i.
+    keys = jnp.stack([jax.random.key(cfg["seed"] + i + 10**6) for i in range(cfg["seeds"])])
     per_seed[name] = np.asarray(jax.jit(jax.vmap(one))(state.best_params, keys))
   main_name = f"iwae_{k}"
   summary = {
@@ -262,9 +309,11 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
   _images.write_png(run_dir / "samples.png",
                     _prior_grid(run.model, params0, jax.random.key(cfg["seed"]), 64,
                                 run.data.image_shape), scale=_scale(run.data.image_shape))
+  test = np.asarray(run.data.test)
+  examples = test[_images.spread_indices(len(test), NUM_RECONSTRUCTIONS)]
   _images.write_png(run_dir / "reconstructions.png",
                     _reconstruction_grid(run.model, params0, jax.random.key(cfg["seed"] + 1),
-                                         np.asarray(run.data.test[:16]), run.data.image_shape),
+                                         examples, run.data.image_shape),
                     scale=_scale(run.data.image_shape))
   return summary
 
@@ -284,23 +333,22 @@ def _prior_grid(model, params, key, n, image_shape):
 
 
 def _reconstruction_grid(model, params, key, x, image_shape):
+  """Row "data": the images ``x``; row "recon": the means of p(x|z), z ~ q(z|x)."""
   q = model.apply(params, jnp.asarray(x), method=jvae.VAE.encode)
   z = q.sample(seed=key)
   recon = np.asarray(model.apply(params, z, method=jvae.VAE.decode).mean())
   both = np.concatenate([x.reshape(-1, *image_shape), recon.reshape(-1, *image_shape)])
-  return _images.tile(both, ncols=len(x))
+  return _images.label_rows(_images.tile(both, ncols=len(x)), ["data", "recon"],
+                            cell_height=image_shape[0])
 
 
 def _load_run(run_dir: pathlib.Path):
-  cfg_path = run_dir / "config.json"
-  if not cfg_path.exists():
-    raise UsageError(f"{run_dir} is not a run directory (no config.json)")
-  cfg = json.loads(cfg_path.read_text())
-  cfg = {**cfg, "devices": None}
-  run = Run(cfg)
+  run_dir = files.absolute(run_dir)
+  cfg = rundir.load_config(run_dir, what="run directory")
+  run = Run({**cfg, "devices": None})
   state = run.restore(run_dir)
   if state is None:
-    raise UsageError(f"{run_dir} has no usable checkpoint")
+    raise RunError(f"{run_dir} has no complete checkpoint yet")
   return run, state
 
 
@@ -332,16 +380,30 @@ def evaluate_run(args, parser) -> int:
       v, se = bound(params, jax.random.fold_in(key, j), batch)
       values.append(np.asarray(v))
       stderrs.append(np.asarray(se))
-    values, stderrs = np.concatenate(values), np.concatenate(stderrs)
-    results.append({"seed_index": i, "log_likelihood": float(values.mean()),
-                    "nll": float(-values.mean()),
-                    "stderr": float(np.sqrt(np.sum(stderrs ** 2)) / len(values)),
-                    "examples": len(values)})
+    results.append({"seed_index": i, **_eval_row(np.concatenate(values),
+                                                 np.concatenate(stderrs))})
   out = {"split": args.split, "num_samples": args.num_samples, "per_seed": results}
   if len(results) > 1:
     out["summary"] = jvae.summarize([r["log_likelihood"] for r in results])
-  print(json.dumps(out))
+  print(files.dumps(out))
   return 0
+
+
+EVAL_KEYS = ("seed_index", "log_likelihood", "nll", "mc_stderr", "stderr_over_images", "examples")
+
+
+def _eval_row(values: np.ndarray, stderrs: np.ndarray) -> dict:
+  """One seed's result: the mean estimate over N images and its two standard errors.
+
+  ``mc_stderr`` is the Monte-Carlo error of the estimate for these images, sqrt(Σ se_i²) / N from
+  each image's importance-sampling error se_i; ``stderr_over_images`` is the sampling error of a
+  test-set mean, std(values, ddof=1) / sqrt(N) (None for one image).
+  """
+  n = len(values)
+  over_images = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else None
+  return {"log_likelihood": float(values.mean()), "nll": float(-values.mean()),
+          "mc_stderr": float(np.sqrt(np.sum(stderrs ** 2)) / n),
+          "stderr_over_images": over_images, "examples": n}
 
 
 def sample_run(args, parser) -> int:
@@ -349,6 +411,7 @@ def sample_run(args, parser) -> int:
   (i,) = _seed_indices(run.cfg, args.seed_index)
   params = _seed_params(state.best_params, i)
   grid = _prior_grid(run.model, params, jax.random.key(args.seed), args.n, run.data.image_shape)
-  _images.write_png(args.out, grid, scale=_scale(run.data.image_shape))
-  print(json.dumps({"out": str(args.out), "n": args.n, "seed_index": i}))
+  out = files.absolute(args.out)
+  _images.write_png(out, grid, scale=_scale(run.data.image_shape))
+  print(files.dumps({"out": str(out), "n": args.n, "seed_index": i}))
   return 0

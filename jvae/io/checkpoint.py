@@ -5,7 +5,9 @@ writes into a temporary directory and renames it when finished, so a killed writ
 final name. The manifest (sha256 and size of every file, the step and user metadata) is written
 last, atomically, and is the commit marker: a checkpoint without it is incomplete.
 ``restore_latest`` verifies every file against the manifest and falls back to older checkpoints,
-with a warning, when the newest is incomplete, truncated or corrupted.
+with a warning, when the newest is incomplete, truncated or corrupted; it raises an error, never
+returns "nothing", when complete checkpoints exist but none restores, or when one holds another
+tree than the restore target. Directories may be given relative to the working directory.
 
 Typed PRNG key arrays (``jax.random.key``) are stored as their raw ``key_data`` and rewrapped with
 the key implementation of the matching leaf of the restore target. Nothing is pickled.
@@ -19,18 +21,23 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import re
 import shutil
+import sys
 import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 MANIFEST = "MANIFEST.json"
 _FORMAT = 1
@@ -42,6 +49,14 @@ _CHUNK = 1 << 20
 
 class CheckpointWarning(UserWarning):
   """A checkpoint was skipped because it is incomplete, truncated or corrupted."""
+
+
+class CheckpointError(ValueError):
+  """Complete checkpoints exist, but none of them can be restored."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """An intact checkpoint holds a different tree (leaves, shapes, dtypes) than the target."""
 
 
 class _Invalid(ValueError):
@@ -60,7 +75,8 @@ def save(directory, step: int, tree, *, metadata: dict | None = None,
     directory: folder holding the checkpoints; created if missing.
     step: non-negative training step, used in the folder name.
     tree: pytree of arrays, scalars and typed PRNG key arrays.
-    metadata: JSON-serialisable dict stored in the manifest and returned by ``restore_latest``.
+    metadata: JSON-serialisable dict (finite numbers only) stored in the manifest and returned
+      by ``restore_latest``.
     keep: how many complete checkpoints to keep, at least 1.
 
   Returns:
@@ -71,13 +87,13 @@ def save(directory, step: int, tree, *, metadata: dict | None = None,
   if keep < 1:
     raise ValueError(f"keep must be at least 1, got {keep}")
   metadata = {} if metadata is None else metadata
-  json.dumps(metadata)  # Fail before writing anything if metadata is not JSON.
-  directory = pathlib.Path(directory).absolute()
+  json.dumps(metadata, allow_nan=False)  # Fail before writing anything unless it is JSON.
+  directory = _absolute(directory)
   directory.mkdir(parents=True, exist_ok=True)
   path = directory / f"ckpt_{step:08d}"
   if path.exists():
     shutil.rmtree(path)
-  with _checkpointer() as checkpointer:
+  with _quiet(collect=False), _checkpointer() as checkpointer:
     checkpointer.save(path, args=ocp.args.StandardSave(_keys_to_data(tree)))
   _write_manifest(path, step, metadata)
   _prune(directory, keep)
@@ -88,30 +104,146 @@ def restore_latest(directory, target) -> tuple[int, Any, dict] | None:
   """Restores the newest checkpoint that is complete and intact.
 
   Checkpoints that have no manifest, whose files do not match the manifest's sizes and hashes, or
-  that orbax fails to restore into ``target`` are skipped with a ``CheckpointWarning``.
+  that orbax fails to read are skipped with a ``CheckpointWarning``, and the next older one is
+  tried. A checkpoint whose saved tree does not fit ``target`` (other leaves, shapes or dtypes:
+  ``target`` describes a different model) is not skipped: that is an error of the caller, and
+  raises :class:`CheckpointMismatchError` at once. Orbax's own logging and warnings are silenced
+  while it works, so a failure is reported once, by this function.
 
   Args:
-    directory: folder given to ``save``.
+    directory: folder given to ``save`` (relative to the working directory, or absolute).
     target: pytree with the saved structure (e.g. a freshly initialised state). Its leaves set the
       dtypes and shardings of the restored arrays; its typed PRNG key leaves (concrete key arrays)
       set the key implementation.
 
   Returns:
-    ``(step, tree, metadata)``, or None when there is no usable checkpoint.
+    ``(step, tree, metadata)``, or None when ``directory`` holds no complete checkpoint (none with
+    a manifest) at all.
+
+  Raises:
+    CheckpointMismatchError: the newest intact checkpoint does not fit ``target``.
+    CheckpointError: there are complete checkpoints, but none could be restored.
   """
+  directory = _absolute(directory)
+  problems = []
   for step, path in sorted(_step_dirs(directory).items(), reverse=True):
     try:
       manifest = _verify(path, step)
-      with _checkpointer() as checkpointer:
-        restored = checkpointer.restore(
-            path, args=ocp.args.StandardRestore(_keys_to_data(target)))
-      return step, _data_to_keys(restored, target), manifest["metadata"]
     except _Invalid as e:
       problem = str(e)
-    except Exception as e:
-      problem = f"restore failed: {type(e).__name__}: {e}"
-    warnings.warn(f"Skipping checkpoint {path}: {problem}", CheckpointWarning, stacklevel=2)
-  return None
+    else:
+      try:
+        restored = _restore(path, target)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:
+        problem = f"restore failed: {type(e).__name__}: {_first_line(e)}"
+      else:
+        _warn_skipped(problems)
+        return step, restored, manifest["metadata"]
+    problems.append((path, problem))
+  if not all_steps(directory):
+    _warn_skipped(problems)
+    return None
+  detail = "; ".join(f"{p.name}: {why}" for p, why in problems)
+  raise CheckpointError(f"no checkpoint in {directory} can be restored ({detail})")
+
+
+def _warn_skipped(problems) -> None:
+  for path, why in problems:
+    warnings.warn(f"Skipping checkpoint {path}: {why}", CheckpointWarning, stacklevel=3)
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+  text = str(err).strip().splitlines()
+  text = text[0] if text else ""
+  return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _restore(path: pathlib.Path, target):
+  """Restores the checkpoint folder ``path`` into ``target``; see ``restore_latest``."""
+  data_target = _keys_to_data(target)
+  with _quiet(), _checkpointer() as checkpointer:
+    saved = checkpointer.metadata(path)
+    if hasattr(saved, "item_metadata"):  # orbax >= 0.11: StepMetadata(item_metadata=TreeMetadata)
+      saved = getattr(saved.item_metadata, "tree", None)
+    if not jax.tree_util.tree_leaves(saved) and jax.tree_util.tree_leaves(data_target):
+      raise ValueError("its tree metadata is unreadable or empty")
+    mismatches = _mismatches(saved, data_target)
+    if mismatches:
+      shown = "; ".join(mismatches[:4])
+      more = f"; and {len(mismatches) - 4} more" if len(mismatches) > 4 else ""
+      raise CheckpointMismatchError(
+          f"checkpoint {path} does not fit the restore target: {shown}{more}")
+    restored = checkpointer.restore(path, args=ocp.args.StandardRestore(data_target))
+  return _data_to_keys(restored, target)
+
+
+def _leaf_name(path) -> str:
+  parts = []
+  for entry in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return ".".join(parts)
+
+
+def _mismatches(saved, target) -> list[str]:
+  """What differs between the saved tree's metadata and ``target``: leaves, shapes, dtypes."""
+  flat_saved = {_leaf_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  flat_target = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  out = [f"{name}: not in the checkpoint" for name in sorted(flat_target.keys() - flat_saved)]
+  out += [f"{name}: saved, but not in the target" for name in sorted(flat_saved.keys()
+                                                                      - flat_target)]
+  for name in sorted(flat_saved.keys() & flat_target.keys()):
+    meta, leaf = flat_saved[name], flat_target[name]
+    saved_shape, shape = getattr(meta, "shape", None), getattr(leaf, "shape", None)
+    if saved_shape is not None and shape is not None and tuple(saved_shape) != tuple(shape):
+      out.append(f"{name}: saved shape {tuple(saved_shape)}, target {tuple(shape)}")
+      continue
+    saved_dtype, dtype = getattr(meta, "dtype", None), getattr(leaf, "dtype", None)
+    if saved_dtype is not None and dtype is not None and jnp.dtype(saved_dtype) != dtype:
+      out.append(f"{name}: saved dtype {jnp.dtype(saved_dtype)}, target {jnp.dtype(dtype)}")
+  return out
+
+
+@contextlib.contextmanager
+def _quiet(collect: bool = True):
+  """Silences orbax, absl and asyncio while orbax reads or writes.
+
+  After a failed read orbax leaves futures behind that report themselves through Python warnings,
+  the ``asyncio`` logger and ``sys.unraisablehook`` (one "Event loop is closed" traceback each,
+  often thousands); with ``collect`` they are collected before the hooks are put back.
+  """
+  loggers = [logging.getLogger(name) for name in ("absl", "orbax", "asyncio", "tensorstore")]
+  levels = [lg.level for lg in loggers]
+  hook = sys.unraisablehook
+  absl_verbosity = absl_logging.get_verbosity()
+  try:
+    for lg in loggers:
+      lg.setLevel(logging.CRITICAL)
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    sys.unraisablehook = lambda unraisable: None
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      try:
+        yield
+      finally:
+        if collect:
+          gc.collect()
+  finally:
+    sys.unraisablehook = hook
+    absl_logging.set_verbosity(absl_verbosity)
+    for lg, level in zip(loggers, levels, strict=True):
+      lg.setLevel(level)
+
+
+def _absolute(directory) -> pathlib.Path:
+  """``directory`` as an absolute path (orbax refuses relative ones); ``~`` is expanded."""
+  return pathlib.Path(os.path.abspath(os.path.expanduser(os.fspath(directory))))
 
 
 def all_steps(directory) -> list[int]:
@@ -149,7 +281,7 @@ def _data_to_keys(tree, target):
 
 def _step_dirs(directory) -> dict[int, pathlib.Path]:
   """Final-named checkpoint folders (complete or not) by step."""
-  directory = pathlib.Path(directory)
+  directory = _absolute(directory)
   if not directory.is_dir():
     return {}
   return {int(m.group(1)): p for p in directory.iterdir()
@@ -178,7 +310,7 @@ def _write_manifest(path: pathlib.Path, step: int, metadata: dict) -> None:
   manifest = {"format": _FORMAT, "step": step, "metadata": metadata, "files": files}
   tmp = path / f".{MANIFEST}.tmp"
   with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=1, sort_keys=True)
+    json.dump(manifest, f, indent=1, sort_keys=True, allow_nan=False)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path / MANIFEST)
