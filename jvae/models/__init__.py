@@ -4,7 +4,9 @@ from jvae.models import oracles
 from jvae.models.conditional import ConditionalVAE, cvae
 from jvae.models.contract import Batch, Joint, LatentModel, Proposal
 from jvae.models.networks import MLP, Decoder, Encoder
-from jvae.models.presets import PRESETS, burda2015, kingma2014, mlp_vae
+from jvae.models.hierarchical import HierarchicalVAE
+from jvae.models.ladder import LadderVAE
+from jvae.models.presets import PRESETS, burda2015, burda2015_2layer, kingma2014, lvae, mlp_vae
 from jvae.models.priors import (
     ConditionalGaussianPrior,
     LearnedGaussianPrior,
@@ -15,8 +17,9 @@ from jvae.models.priors import (
 from jvae.models.vae import VAE
 
 __all__ = [
-    "Batch", "Joint", "LatentModel", "Proposal", "VAE", "ConditionalVAE", "cvae", "MLP", "Encoder",
-    "Decoder", "PRESETS", "burda2015", "kingma2014", "mlp_vae", "oracles",
+    "Batch", "Joint", "LatentModel", "Proposal", "VAE", "HierarchicalVAE", "LadderVAE",
+    "ConditionalVAE", "cvae", "MLP", "Encoder", "Decoder", "PRESETS", "burda2015",
+    "burda2015_2layer", "kingma2014", "lvae", "mlp_vae", "oracles",
     "ConditionalGaussianPrior", "LearnedGaussianPrior", "MixturePrior", "VampPrior",
     "prior_samples",
 ]
