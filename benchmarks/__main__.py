@@ -25,6 +25,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 SUITES = {
     "quick": {
+        "headline": ["--quick"],
         "throughput": ["--quick"],
         "peers": ["--quick"],
         "evaluation": ["--quick"],
@@ -32,6 +33,7 @@ SUITES = {
         "snr": ["--quick"],
     },
     "full": {
+        "headline": [],
         "throughput": [],
         "peers": [],
         "evaluation": [],

@@ -175,7 +175,15 @@ def nll(rec):
   return lines
 
 
-SECTIONS = [("throughput", "Training throughput: abstraction cost", "benchmarks/throughput.py",
+def headline(rec):
+  rounds = ", ".join(f"{s:.1f}" for s in rec.get("seconds", []))
+  return [f"`{rec.get('command')}` (README's main job: digits, 100 epochs, compilation and the "
+          f"final test included), a fresh process per round: **{rec.get('median_seconds'):.1f} s** "
+          f"median (rounds: {rounds} s)."]
+
+
+SECTIONS = [("headline", "The main job", "benchmarks/headline.py", headline),
+            ("throughput", "Training throughput: abstraction cost", "benchmarks/throughput.py",
              throughput),
             ("peers", "Training against peer libraries", "benchmarks/peers.py", peers),
             ("evaluation", "Importance-sampled evaluation, K = 5000", "benchmarks/evaluation.py",

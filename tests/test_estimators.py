@@ -346,7 +346,7 @@ def family_values():
   def one_key(p, fp, k):
     out = {name: f(p, k, x) for name, f in family.items()}
     out.update({f"exact_{name}": fc_family[name](fp, k, fc_x) for name in EXACT_FAMILY})
-    out["exact_truth"] = oracles.log_marginal(fc_model, fp, fc_x)
+    out["exact_truth"] = oracles.exact_log_marginal(fc_model, fp, fc_x)
     return out
 
   out = jax.jit(jax.vmap(one_key, in_axes=(None, None, 0)))(

@@ -11,6 +11,7 @@ machine, and the tests then only read its results.
 import functools
 import math
 
+import chex
 import distrax
 import jax
 import jax.numpy as jnp
@@ -462,3 +463,20 @@ def test_structure_errors():
   bad = LadderVAE(ladder.bottom_up, (fullcov, ladder.heads[1]), ladder.top_down, ladder.decoder)
   with pytest.raises(TypeError, match="diagonal Gaussians"):
     jax.eval_shape(bad.init, key(0), x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: jvae.burda2015_2layer(event_shape=(16,), hidden=((8,), (8,)), latent_dims=(6, 3)),
+    lambda: jvae.lvae(event_shape=(16,), hidden=(8, 8), latent_dims=(6, 3)),
+])
+def test_generate_and_reconstruct_pictures(make):
+  """Ancestral samples from the top layer down (layer sizes differ, so a wrong order fails)."""
+  model = make()
+  x = (jax.random.uniform(jax.random.key(0), (5, 16)) < 0.5).astype(jnp.float32)
+  params = model.init(jax.random.key(1), x)
+  means = model.generate(params, jax.random.key(2), 7)
+  chex.assert_shape(means, (7, 16))
+  assert np.all((np.asarray(means) > 0) & (np.asarray(means) < 1))  # Bernoulli means
+  np.testing.assert_array_equal(means, model.generate(params, jax.random.key(2), 7))
+  assert not np.array_equal(means, model.generate(params, jax.random.key(3), 7))
+  chex.assert_shape(model.reconstruct(params, jax.random.key(2), x), (5, 16))

@@ -157,6 +157,24 @@ class HierarchicalVAE(nn.Module):
           f"{len(self.decoders)} decoders")
     check_input(self, x)
 
+  # -- pictures (optional, outside the contract) -----------------------------------------------
+
+  @nn.nowrap
+  def generate(self, params, key, num: int, *, mean: bool = True) -> Array:
+    """x ~ p(x|z_1) (or its mean), z drawn ancestrally from p(z_L) down: ``(num, *event)``."""
+    return self.apply(params, key, num, mean, method=HierarchicalVAE._generate)
+
+  def _generate(self, key, num: int, mean: bool):
+    d_top = top_latent_dim(self.prior, self.encoders[-1])
+    return ancestral_sample(self.prior_distribution(d_top), list(self.decoders[1:]),
+                            self.decoders[0], key, num, mean)
+
+  @nn.nowrap
+  def reconstruct(self, params, key, batch) -> Array:
+    """The mean of p(x|z_1) at one z ~ q(z|x) per example: ``(batch, *event)``."""
+    z1 = self.propose(params, key, batch, num_samples=1).z[0][0]
+    return self.apply(params, z1, method=lambda m, z: m.decoders[0](z).mean())
+
   @property
   def num_layers(self) -> int:
     """L, the number of stochastic layers."""
@@ -170,6 +188,31 @@ class HierarchicalVAE(nn.Module):
 
 
 # -- helpers shared with jvae.models.ladder ------------------------------------------------------
+
+
+def top_latent_dim(prior, module) -> int:
+  """d_L from a given prior, else from ``module.latent_dim`` (an Encoder or posterior head)."""
+  if prior is not None:
+    return prior.event_shape[-1]
+  dim = getattr(module, "latent_dim", None)
+  if dim is None:
+    raise AttributeError("the top layer's size is unknown: give a prior, or a top encoder/head "
+                         "with a `latent_dim` attribute")
+  return dim
+
+
+def ancestral_sample(top: distrax.Distribution, conditionals, likelihood: nn.Module, key,
+                     num: int, mean: bool) -> Array:
+  """z_L ~ ``top``, z_l ~ ``conditionals[l − 1](z_{l+1})`` down to z_1, then x ~ p(x|z_1).
+
+  ``conditionals[l − 1]`` maps z_{l+1} to p(z_l|z_{l+1}) (l = 1…L−1); inside ``apply``.
+  """
+  keys = jax.random.split(key, len(conditionals) + 2)
+  z = top.sample(seed=keys[0], sample_shape=(num,))
+  for net, k in zip(reversed(conditionals), keys[1:-1], strict=True):
+    z = _conditional(net, z).sample(seed=k)
+  px = likelihood(z)
+  return px.mean() if mean else px.sample(seed=keys[-1])
 
 
 def check_num_samples(num_samples) -> int:

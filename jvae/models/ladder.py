@@ -46,10 +46,12 @@ from jvae.models.hierarchical import (
     _conditional,
     _conditional_log_prob,
     _draw,
+    ancestral_sample,
     check_likelihood,
     check_num_samples,
     stack_joint,
     stack_proposal,
+    top_latent_dim,
     top_prior_log_prob,
     unstack_latents,
 )
@@ -194,6 +196,24 @@ class LadderVAE(nn.Module):
           f"a LadderVAE with L layers needs L bottom_up nets, L heads and L - 1 top_down nets; "
           f"got {len(self.bottom_up)}, {num} and {len(self.top_down)}")
     check_input(self, x)
+
+  # -- pictures (optional, outside the contract) -----------------------------------------------
+
+  @nn.nowrap
+  def generate(self, params, key, num: int, *, mean: bool = True) -> Array:
+    """x ~ p(x|z_1) (or its mean), z drawn ancestrally from p(z_L) down: ``(num, *event)``."""
+    return self.apply(params, key, num, mean, method=LadderVAE._generate)
+
+  def _generate(self, key, num: int, mean: bool):
+    d_top = top_latent_dim(self.prior, self.heads[-1])
+    return ancestral_sample(self.prior_distribution(d_top), list(self.top_down), self.decoder,
+                            key, num, mean)
+
+  @nn.nowrap
+  def reconstruct(self, params, key, batch) -> Array:
+    """The mean of p(x|z_1) at one z ~ q(z|x) per example: ``(batch, *event)``."""
+    z1 = self.propose(params, key, batch, num_samples=1).z[0][0]
+    return self.apply(params, z1, method=lambda m, z: m.decoder(z).mean())
 
   @property
   def num_layers(self) -> int:

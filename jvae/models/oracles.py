@@ -83,7 +83,7 @@ def _decoder(params):
   return p["W"], p["b"]
 
 
-def log_marginal(model: VAE, params, x: Array) -> Array:
+def exact_log_marginal(model: VAE, params, x: Array) -> Array:
   """Exact log p(x) = log N(x; b, W Wᵀ + s² I); x ``(batch, D)`` → ``(batch,)``."""
   w, b = _decoder(params)
   s2 = model.decoder.noise_scale ** 2
@@ -91,7 +91,7 @@ def log_marginal(model: VAE, params, x: Array) -> Array:
   return distrax.MultivariateNormalFullCovariance(b, cov).log_prob(x)
 
 
-def posterior(model: VAE, params, x: Array):
+def exact_posterior(model: VAE, params, x: Array):
   """Exact p(z|x): returns (mean ``(batch, d)``, covariance ``(d, d)``)."""
   w, b = _decoder(params)
   s2 = model.decoder.noise_scale ** 2
@@ -119,7 +119,7 @@ def exact_posterior_params(model: VAE, params):
   return {"params": {**params["params"], "encoder": enc}}
 
 
-def elbo(model: VAE, params, x: Array) -> Array:
+def exact_elbo(model: VAE, params, x: Array) -> Array:
   """Exact ELBO of a factorized encoder; differentiable closed form, ``(batch,)``."""
   w, b = _decoder(params)
   enc = params["params"]["encoder"]
@@ -136,6 +136,12 @@ def elbo(model: VAE, params, x: Array) -> Array:
 
 # ------------------------------------------------------------------------------------------------
 # A two-layer linear-Gaussian hierarchy, in a bottom-up and a top-down parameterization of q.
+
+# The names these had first; ``exact_*`` says they are closed forms, not jvae's estimators.
+log_marginal = exact_log_marginal
+posterior = exact_posterior
+elbo = exact_elbo
+
 
 TWO_LAYER_ORDERS = ("bottom_up", "top_down")
 _INPUTS = ("x", "z1", "z2")
