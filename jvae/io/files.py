@@ -47,6 +47,20 @@ def dumps(obj, **kwargs) -> str:
   return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
 
 
+def _synced_temp(path: pathlib.Path, text: str) -> str:
+  """``text`` in a uniquely named temporary file beside ``path``, flushed to disk; its name."""
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+  return tmp
+
+
 def write_json(path, obj) -> None:
   """Writes ``obj`` as strict JSON to ``path`` atomically: a reader sees the old file or the new.
 
@@ -54,13 +68,8 @@ def write_json(path, obj) -> None:
   renamed over ``path``; an interrupted write leaves at most a stray ``.<name>.*.tmp`` file.
   """
   path = pathlib.Path(path)
-  text = dumps(obj, indent=2, sort_keys=True) + "\n"
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  tmp = _synced_temp(path, dumps(obj, indent=2, sort_keys=True) + "\n")
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)
@@ -75,12 +84,8 @@ def create_json(path, obj) -> None:
   """
   path = pathlib.Path(path)
   text = dumps(obj, indent=2, sort_keys=True) + "\n"
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  tmp = _synced_temp(path, text)
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
     try:
       os.link(tmp, path)
     except FileExistsError:

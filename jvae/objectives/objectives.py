@@ -179,6 +179,18 @@ def iwae(model, *, num_samples: int, estimator: str = "reparam") -> Objective:
   return with_checks(body)
 
 
+def _reduced_log_weights(model, num_samples: int, estimator: str,
+                         reduce: Callable[[Array], Array]) -> Objective:
+  """The objective ``reduce(log_w)`` of K log-weights ``(K, batch)`` drawn with ``estimator``."""
+
+  def body(params, key, batch, beta):
+    lw = sample_log_weights(model, params, key, batch, num_samples, estimator=estimator,
+                            beta=beta)
+    return reduce(lw.value)
+
+  return with_checks(body)
+
+
 def renyi(model, *, alpha: float, num_samples: int, estimator: str = "reparam") -> Objective:
   r"""Variational Rényi bound L_α (Li & Turner 2016): α = 0 is IWAE_K, α → 1 the ELBO.
 
@@ -194,12 +206,8 @@ def renyi(model, *, alpha: float, num_samples: int, estimator: str = "reparam") 
   if not alpha >= 0:
     raise ValueError(f"renyi alpha must be >= 0 for a lower bound, got {alpha}")
 
-  def body(params, key, batch, beta):
-    lw = sample_log_weights(model, params, key, batch, num_samples, estimator=estimator,
-                            beta=beta)
-    return _bounds.renyi(lw.value, alpha)
-
-  return with_checks(body)
+  return _reduced_log_weights(model, num_samples, estimator,
+                              lambda lw: _bounds.renyi(lw, alpha=alpha))
 
 
 def _grouped(lw: Array, num_groups: int) -> Array:
@@ -249,12 +257,8 @@ def ciwae(model, *, num_samples: int, elbo_weight: float,
   if not 0.0 <= elbo_weight <= 1.0:
     raise ValueError(f"ciwae elbo_weight must be in [0, 1], got {elbo_weight}")
 
-  def body(params, key, batch, beta):
-    lw = sample_log_weights(model, params, key, batch, num_samples, estimator=estimator,
-                            beta=beta)
-    return _bounds.ciwae(lw.value, elbo_weight)
-
-  return with_checks(body)
+  return _reduced_log_weights(model, num_samples, estimator,
+                              lambda lw: _bounds.ciwae(lw, elbo_weight))
 
 
 def piwae(model, *, num_groups: int, num_samples: int,
