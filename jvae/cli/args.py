@@ -7,7 +7,10 @@ import math
 import pathlib
 
 BOUNDS = ("elbo", "iwae", "renyi", "miwae", "ciwae", "piwae")
-MODELS = ("mlp", "kingma2014", "burda2015")
+VAE_MODELS = ("mlp", "kingma2014", "burda2015")  # one stochastic layer: take --prior
+LAYERED_MODELS = ("burda2015_2layer", "lvae")  # several stochastic layers: no closed-form KL
+MODELS = (*VAE_MODELS, *LAYERED_MODELS, "cvae")
+PRIORS = ("standard", "learned", "mixture", "vamp")
 POSTERIORS = ("gaussian", "fullcov", "iaf")
 ESTIMATORS = ("reparam", "stl", "dreg")
 OPTIMIZERS = ("adam", "adamax")
@@ -48,7 +51,13 @@ class UsageError(ValueError):
   """An impossible combination of options: reported as a usage error, not a traceback."""
 
 
-LATENT_DIMS = {"mlp": 8, "kingma2014": 20, "burda2015": 50}  # the default latent size per model
+LATENT_DIMS = {"mlp": 8, "kingma2014": 20, "burda2015": 50, "cvae": 20}  # default size of z
+# The default --hidden of the models that take it (for layered models: one width per layer).
+HIDDEN = {"mlp": (128, 64), "cvae": (500,), "burda2015_2layer": (200, 100), "lvae": (512, 256)}
+# The default --latent-dims of the layered models, (d_1, …, d_L).
+LAYER_LATENT_DIMS = {"burda2015_2layer": (100, 50), "lvae": (64, 32)}
+DEFAULT_VAMP_COMPONENTS = 50
+DEFAULT_PRIOR_COMPONENTS = 10
 # Options a resumed run may change; every other option must agree with the saved run.
 RESUME_MAY_CHANGE = ("epochs", "patience", "eval_samples", "seed_chunk", "no_progress")
 
@@ -59,11 +68,35 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
   return [
       add("--data", choices=DATASETS, default="digits"),
       add("--model", choices=MODELS, default="mlp",
-          help="mlp: --hidden/--latent-dim; kingma2014: 784-500-20; burda2015: 784-200-200-50"),
+          help="mlp: --hidden/--latent-dim; kingma2014: 784-500-20; burda2015: 784-200-200-50; "
+               "burda2015_2layer: two stochastic layers, 784-(200,200)-100-(100,100)-50 "
+               "(Burda et al. 2015); lvae: a ladder VAE (Sønderby et al. 2016), blocks of two "
+               "layers 512, 256, latents 64, 32; cvae: a conditional VAE (Sohn et al. 2015), on "
+               "the one-hot label for --data digits, on --observed-quadrants for MNIST"),
       add("--hidden", type=_positive_int, nargs="+", default=None,
-          help="hidden widths of the mlp model (default 128 64)"),
+          help="hidden widths: mlp (default 128 64) and cvae (default 500): the encoder's "
+               "layers, mirrored in the decoder; burda2015_2layer (default 200 100) and lvae "
+               "(default 512 256): one width per stochastic layer, for its networks of two "
+               "layers of that width"),
       add("--latent-dim", type=_positive_int, default=None,
-          help="size of z (default: mlp 8, kingma2014 20, burda2015 50)"),
+          help="size of z (default: mlp 8, kingma2014 20, burda2015 50, cvae 20)"),
+      add("--latent-dims", type=_positive_int, nargs="+", default=None, metavar="D",
+          help="sizes d_1 … d_L of the stochastic layers of burda2015_2layer (default 100 50) "
+               "and lvae (default 64 32); as many as --hidden widths"),
+      add("--prior", choices=PRIORS, default="standard",
+          help="p(z) of the one-layer models (mlp, kingma2014, burda2015): standard N(0, I), "
+               "learned (a learned diagonal Gaussian), mixture (a learned mixture of "
+               "--prior-components Gaussians) or vamp (the VampPrior of Tomczak & Welling "
+               "2018, --vamp-components pseudo-inputs); mixture and vamp have no closed-form KL"),
+      add("--vamp-components", type=_positive_int, default=DEFAULT_VAMP_COMPONENTS, metavar="N",
+          help=f"pseudo-inputs of --prior vamp (default {DEFAULT_VAMP_COMPONENTS}, for speed; "
+               "Tomczak & Welling use 500 on MNIST)"),
+      add("--prior-components", type=_positive_int, default=DEFAULT_PRIOR_COMPONENTS,
+          metavar="N", help=f"components of --prior mixture (default {DEFAULT_PRIOR_COMPONENTS})"),
+      add("--observed-quadrants", type=int, choices=range(4), nargs="+", default=(0,),
+          metavar="Q", help="--model cvae on MNIST: the quadrants given as c (0 top-left, "
+                            "1 top-right, 2 bottom-left, 3 bottom-right; default 0); x is the "
+                            "rest of the image"),
       add("--posterior", choices=POSTERIORS, default="gaussian"),
       add("--iaf-steps", type=_nonneg_int, default=2),
       add("--bound", choices=BOUNDS, default="elbo"),
@@ -73,12 +106,16 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
       add("--alpha", type=_nonneg_float, default=0.5, help="order of the Rényi bound"),
       add("--elbo-weight", type=_nonneg_float, default=0.5, help="β of CIWAE, in [0, 1]"),
       add("--kl", choices=("analytic", "sample"), default=None,
-          help="ELBO KL term (default: analytic when it exists, else sample)"),
+          help="ELBO KL term (default: analytic when it exists, else sample: for --posterior "
+               "iaf, --estimator stl/dreg, --prior mixture/vamp, burda2015_2layer and lvae)"),
       add("--estimator", choices=ESTIMATORS, default="reparam"),
       add("--warmup-steps", type=_nonneg_int, default=0, help="KL warm-up length"),
       add("--beta", type=_nonneg_float, default=1.0, help="(final) KL weight β"),
-      add("--free-bits", type=_nonneg_float, default=None, help="λ in nats per group"),
-      add("--free-bits-groups", type=_positive_int, default=None),
+      add("--free-bits", type=_nonneg_float, default=None,
+          help="λ in nats per group of latent dimensions (per stochastic layer for "
+               "burda2015_2layer and lvae)"),
+      add("--free-bits-groups", type=_positive_int, default=None,
+          help="number of groups; must divide the latent size (the number of layers)"),
       add("--epochs", type=_nonneg_int, default=None,
           help=f"number of epochs (default {DEFAULT_EPOCHS}); with --resume, a new total"),
       add("--batch-size", type=_positive_int, default=100),
@@ -110,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
       prog="jvae", description="Train, evaluate and sample variational autoencoders.")
   sub = parser.add_subparsers(dest="command", required=True)
 
-  t = sub.add_parser("train", help="train a VAE (default: a small MLP VAE on digits)")
+  t = sub.add_parser("train", help="train a latent-variable model (default: a small MLP VAE on "
+                                   "digits)")
   _add_train_arguments(t)
 
   e = sub.add_parser("eval", help="test log-likelihood of a run with importance sampling")
@@ -123,9 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--limit", type=_positive_int, default=None, help="first N examples only")
   e.add_argument("--no-progress", action="store_true")
 
-  s = sub.add_parser("sample", help="draw from the prior and decode, as a PNG grid")
+  s = sub.add_parser("sample", help="draw from the prior and decode, as a PNG grid (cvae: one "
+                                    "row per class on digits, completions of test images' "
+                                    "observed quadrants on MNIST)")
   s.add_argument("run_dir", type=pathlib.Path)
-  s.add_argument("-n", type=_positive_int, default=64)
+  s.add_argument("-n", type=_positive_int, default=64,
+                 help="images (cvae on digits: ceil(n / 10) per class)")
   s.add_argument("--out", type=pathlib.Path, required=True)
   s.add_argument("--seed-index", type=_nonneg_int, default=0)
   s.add_argument("--seed", type=_nonneg_int, default=0)
@@ -150,8 +191,40 @@ def default_train_options() -> dict:
 
 
 def latent_size(model: str, latent_dim: int | None) -> int:
-  """The size of z that ``--model`` and ``--latent-dim`` give."""
+  """The size of z that ``--model`` and ``--latent-dim`` give (models with one stochastic layer)."""
   return latent_dim if latent_dim is not None else LATENT_DIMS[model]
+
+
+def layer_sizes(model: str, hidden, latent_dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """``(hidden, latent_dims)`` of a layered model: ``--hidden`` and ``--latent-dims`` or defaults.
+
+  One hidden width and one latent size per stochastic layer; the lengths are checked by
+  :func:`check_train_options`.
+  """
+  return (tuple(hidden or HIDDEN[model]),
+          tuple(latent_dims or LAYER_LATENT_DIMS[model]))
+
+
+def no_closed_form_kl(o: dict) -> str | None:
+  """Why a config's ELBO has no closed-form KL, as ``--option value`` text; None if it has one."""
+  if o["posterior"] == "iaf":
+    return "--posterior iaf"
+  if o["model"] in LAYERED_MODELS:
+    return (f"--model {o['model']} (the KL of a hierarchy of layers has none; the sampled "
+            "log q - log p is used)")
+  prior = o.get("prior") or "standard"
+  if prior in ("mixture", "vamp"):
+    return f"--prior {prior} (a mixture prior)"
+  return None
+
+
+def resolve_kl(o: dict) -> str:
+  """The ELBO's KL term of a config: ``--kl``, else analytic where it exists and may be used."""
+  if o.get("kl"):
+    return o["kl"]
+  if no_closed_form_kl(o) or o["estimator"] != "reparam":
+    return "sample"
+  return "analytic"
 
 
 def check_train_options(args, given) -> None:
@@ -171,9 +244,7 @@ def check_train_options(args, given) -> None:
 
 def _option_problems(o: dict, given: set[str]) -> list[str]:
   bound, est, post = o["bound"], o["estimator"], o["posterior"]
-  out = []
-  if o["model"] != "mlp" and "hidden" in given:
-    out.append(f"--hidden applies to --model mlp only (--model {o['model']} has fixed widths)")
+  out = _model_problems(o, given)
   if post != "iaf" and "iaf_steps" in given:
     out.append(f"--iaf-steps applies to --posterior iaf only, not {post}")
   if bound != "renyi" and "alpha" in given:
@@ -190,8 +261,9 @@ def _option_problems(o: dict, given: set[str]) -> list[str]:
              "piwae": ("reparam", "dreg")}.get(bound, ESTIMATORS)
   if est not in allowed:
     out.append(f"--bound {bound} takes --estimator {' or '.join(allowed)}, not {est}")
-  if o["kl"] == "analytic" and post == "iaf":
-    out.append("--kl analytic has no closed form for --posterior iaf; use --kl sample")
+  no_kl = no_closed_form_kl(o)
+  if o["kl"] == "analytic" and no_kl:
+    out.append(f"--kl analytic has no closed form for {no_kl}; use --kl sample")
   if o["kl"] == "analytic" and est != "reparam":
     out.append(f"--estimator {est} drops the score term of log q(z|x), which needs --kl sample; "
                "--kl analytic has no such term")
@@ -206,6 +278,49 @@ def _option_problems(o: dict, given: set[str]) -> list[str]:
   return out
 
 
+def _model_problems(o: dict, given: set[str]) -> list[str]:
+  """The options that do not fit ``--model`` (its sizes, posterior, prior and data)."""
+  model, post, prior = o["model"], o["posterior"], o["prior"]
+  out = []
+  if model not in HIDDEN and "hidden" in given:
+    out.append(f"--hidden applies to --model mlp only (and to burda2015_2layer, lvae and cvae): "
+               f"--model {model} has fixed widths")
+  if model in LAYERED_MODELS:
+    if "latent_dim" in given:
+      out.append(f"--latent-dim applies to the models with one stochastic layer; --model {model} "
+                 "takes --latent-dims D1 D2 (a size per layer)")
+    hidden, dims = layer_sizes(model, o["hidden"], o["latent_dims"])
+    if len(hidden) != len(dims):
+      out.append(f"--model {model} needs a --hidden width per stochastic layer: {len(dims)} "
+                 f"latent sizes ({' '.join(map(str, dims))}) but {len(hidden)} widths "
+                 f"({' '.join(map(str, hidden))}); give --hidden and --latent-dims of one length")
+  elif "latent_dims" in given:
+    out.append(f"--latent-dims applies to --model burda2015_2layer and lvae only; --model {model} "
+               "takes --latent-dim")
+  if model in ("lvae", "cvae") and post != "gaussian":
+    out.append(f"--posterior {post}: --model {model} has a Gaussian posterior only")
+  if model == "cvae" and "prior" in given:
+    out.append("--prior applies to --model mlp, kingma2014 and burda2015 only: --model cvae has "
+               "its own learned prior p(z|c)")
+  elif model in LAYERED_MODELS and prior != "standard":
+    out.append(f"--prior {prior} applies to --model mlp, kingma2014 and burda2015 only: "
+               f"--model {model} has p(z_L) = N(0, I)")
+  if prior != "vamp" and "vamp_components" in given:
+    out.append(f"--vamp-components applies to --prior vamp only, not {prior}")
+  if prior != "mixture" and "prior_components" in given:
+    out.append(f"--prior-components applies to --prior mixture only, not {prior}")
+  quadrants = list(o["observed_quadrants"])
+  if "observed_quadrants" in given:
+    if model != "cvae" or o["data"] == "digits":
+      out.append("--observed-quadrants applies to --model cvae on MNIST (--data binarized_mnist "
+                 "or mnist) only" + ("; on digits a cvae is conditioned on the class label"
+                                     if model == "cvae" else ""))
+    if len(set(quadrants)) != len(quadrants) or len(quadrants) > 3:
+      out.append("--observed-quadrants must name 1 to 3 distinct quadrants of 0 1 2 3, got "
+                 + " ".join(map(str, quadrants)))
+  return out
+
+
 def _free_bits_problems(o: dict, bound: str, post: str) -> list[str]:
   fb, groups = o["free_bits"], o["free_bits_groups"]
   if fb is None:
@@ -213,12 +328,22 @@ def _free_bits_problems(o: dict, bound: str, post: str) -> list[str]:
   out = []
   if bound != "elbo":
     out.append(f"--free-bits applies to --bound elbo only, not {bound}")
+  model = o["model"]
+  if model in LAYERED_MODELS:  # one KL group per layer, for any posterior; the KL is sampled
+    layers = len(layer_sizes(model, o["hidden"], o["latent_dims"])[1])
+    if groups is not None and layers % groups:
+      out.append(f"--free-bits-groups {groups} does not divide the number of stochastic layers "
+                 f"{layers} of --model {model} (free bits act per layer)")
+    return out
   if post != "gaussian":
     out.append(f"--free-bits needs a per-dimension KL, which only --posterior gaussian has "
                f"(not {post})")
-  latent = latent_size(o["model"], o["latent_dim"])
+  elif o["prior"] in ("mixture", "vamp"):
+    out.append(f"--free-bits needs a per-dimension KL, which --prior {o['prior']} (a mixture) "
+               "does not have; use --prior standard or learned")
+  latent = latent_size(model, o["latent_dim"])
   if groups is not None and latent % groups:
     out.append(f"--free-bits-groups {groups} does not divide the latent size {latent} "
-               f"(--model {o['model']}"
+               f"(--model {model}"
                + (f", --latent-dim {o['latent_dim']})" if o["latent_dim"] is not None else ")"))
   return out

@@ -4,7 +4,9 @@ A run directory holds ``config.json``, ``metrics.jsonl`` (a line per epoch and s
 ``checkpoints/ckpt_*`` (Orbax, one per epoch, the last 3 kept, verified by a manifest),
 ``summary.json``, ``samples.png`` and ``reconstructions.png``. Every JSON file is strict JSON, a
 non-finite number written as ``null``. How run directories are claimed, resumed and cleaned up
-is in :mod:`jvae.cli.rundir`.
+is in :mod:`jvae.cli.rundir`; the data, model and objectives a config describes (every model
+family: VAEs with learned priors, hierarchical and ladder VAEs, the conditional VAE on ``Batch``
+data) are built in :mod:`jvae.cli.build`.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ import optax
 import jvae
 from jvae.cli import args as _cli
 from jvae.cli import rundir
+from jvae.cli.build import RunData, build_bound, build_model, complete_config, load_data, size, take
 from jvae.io import checkpoint, files
-from jvae.io import data as jdata
+from jvae.io import conditional_data as _cdata
 from jvae.io import images as _images
 from jvae.training import parallel as _parallel
 from jvae.io.data import DataIntegrityError
 
-__all__ = ["DataIntegrityError", "Run", "RunError", "UsageError", "build_bound", "build_model"]
+__all__ = ["DataIntegrityError", "Run", "RunData", "RunError", "UsageError", "build_bound",
+           "build_model"]
 
-CONFIG_KEYS = ("data", "model", "hidden", "latent_dim", "posterior", "iaf_steps", "bound",
+CONFIG_KEYS = ("data", "model", "hidden", "latent_dim", "latent_dims", "prior", "vamp_components",
+               "prior_components", "observed_quadrants", "posterior", "iaf_steps", "bound",
                "num_samples", "groups", "alpha", "elbo_weight", "kl", "estimator",
                "warmup_steps", "beta", "free_bits", "free_bits_groups", "epochs", "batch_size",
                "lr", "optimizer", "patience", "seed", "seeds", "devices", "parallel",
@@ -45,40 +50,6 @@ class RunError(RuntimeError):
   """A run directory that cannot be used as asked (e.g. none of its checkpoints restores)."""
 
 
-def build_model(cfg: dict, event_shape) -> jvae.VAE:
-  """The model a config describes."""
-  kwargs = {"event_shape": tuple(event_shape), "posterior": cfg["posterior"],
-            "iaf_steps": cfg["iaf_steps"]}
-  if cfg["latent_dim"] is not None:
-    kwargs["latent_dim"] = cfg["latent_dim"]
-  if cfg["model"] == "mlp":
-    kwargs.setdefault("latent_dim", _cli.LATENT_DIMS["mlp"])
-    return jvae.mlp_vae(hidden=tuple(cfg["hidden"] or (128, 64)), **kwargs)
-  return jvae.PRESETS[cfg["model"]](**kwargs)
-
-
-def build_bound(model, cfg: dict, *, for_training: bool):
-  """The objective a config trains (``for_training``) or validates with (no free bits)."""
-  bound, k, est = cfg["bound"], cfg["num_samples"], cfg["estimator"]
-  if bound == "elbo":
-    kl = cfg["kl"] or ("sample" if cfg["posterior"] == "iaf" or est != "reparam" else "analytic")
-    if not for_training:
-      return jvae.elbo(model, num_samples=k, kl=kl)
-    return jvae.elbo(model, num_samples=k, kl=kl, estimator=est, free_bits=cfg["free_bits"],
-                     free_bits_groups=cfg["free_bits_groups"])
-  if cfg["free_bits"] is not None:
-    raise ValueError("--free-bits applies to --bound elbo only")
-  if bound == "iwae":
-    return jvae.iwae(model, num_samples=k, estimator=est)
-  if bound == "renyi":
-    return jvae.renyi(model, alpha=cfg["alpha"], num_samples=k, estimator=est)
-  if bound == "ciwae":
-    return jvae.ciwae(model, num_samples=k, elbo_weight=cfg["elbo_weight"], estimator=est)
-  if bound == "miwae":
-    return jvae.miwae(model, num_groups=cfg["groups"], num_samples=k, estimator=est)
-  return jvae.piwae(model, num_groups=cfg["groups"], num_samples=k, estimator=est)
-
-
 def _optimizer(cfg: dict):
   return {"adam": optax.adam, "adamax": optax.adamax}[cfg["optimizer"]](cfg["lr"])
 
@@ -89,10 +60,10 @@ class Run:
   def __init__(self, cfg: dict, *, mesh=None):
     self.cfg = cfg
     self.mesh = mesh
-    self.data = jdata.load(cfg["data"])
-    _check_config(cfg, self.data.train.shape[0])
-    self.model = build_model(cfg, self.data.event_shape)
+    self.data = load_data(cfg)
+    _check_config(cfg, size(self.data.train))
     try:
+      self.model = build_model(cfg, self.data)
       self.objective = build_bound(self.model, cfg, for_training=True)
       self.valid_bound = build_bound(self.model, cfg, for_training=False)
     except ValueError as err:
@@ -103,7 +74,7 @@ class Run:
     self.trainer = jvae.trainer(self.objective, _optimizer(cfg), batch_size=cfg["batch_size"],
                                 warmup_steps=cfg["warmup_steps"], beta=cfg["beta"],
                                 batch_sharding=sharding)
-    x0 = jnp.asarray(self.data.train[:2])
+    x0 = jax.tree_util.tree_map(jnp.asarray, take(self.data.train, slice(0, 2)))
     self.init_state = jvae.fit_init(self.model, self.trainer,
                                     jvae.seed_keys(cfg["seed"], cfg["seeds"]), x0)
 
@@ -180,7 +151,7 @@ def train(args, parser) -> int:
 
 def _resume(args, given: set[str]) -> int:
   run_dir = files.absolute(args.resume)
-  saved = rundir.load_config(run_dir, what="--resume")
+  saved = complete_config(rundir.load_config(run_dir, what="--resume"), CONFIG_KEYS)
   cfg = rundir.resumed_config(saved, args, given, CONFIG_KEYS)
   run = _build_run(cfg)
   state = run.restore(run_dir)
@@ -229,8 +200,8 @@ def _fit(run: Run, run_dir: pathlib.Path, state, args):
   """Trains up to ``cfg["epochs"]``, writing metrics and a checkpoint after every epoch."""
   cfg, mesh = run.cfg, run.mesh
   metrics_path = run_dir / "metrics.jsonl"
-  train_x = jnp.asarray(run.data.train)
-  valid_x = jnp.asarray(run.data.valid)
+  train_x = jax.tree_util.tree_map(jnp.asarray, run.data.train)
+  valid_x = jax.tree_util.tree_map(jnp.asarray, run.data.valid)
   if mesh is not None:
     state = _parallel.place_fit_state(state, mesh, cfg["parallel"])
     train_x = jax.device_put(train_x, _parallel.replicated(mesh))
@@ -282,7 +253,7 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
   """Final test bounds of every seed's best params, their summary over seeds, and pictures."""
   cfg = run.cfg
   k = cfg["eval_samples"] or 100
-  test_x = jnp.asarray(run.data.test)
+  test_x = jax.tree_util.tree_map(jnp.asarray, run.data.test)
   bounds = {"elbo": run.valid_bound if cfg["bound"] == "elbo" else
             jvae.elbo(run.model, kl="sample"),
             f"iwae_{k}": jvae.iwae(run.model, num_samples=k)}
@@ -306,15 +277,12 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
       "nonfinite_steps": np.asarray(state.train.nonfinite).tolist(),
   }
   params0 = _seed_params(state.best_params, 0)
+  scale = _scale(run.data.image_shape)
   _images.write_png(run_dir / "samples.png",
-                    _prior_grid(run.model, params0, jax.random.key(cfg["seed"]), 64,
-                                run.data.image_shape), scale=_scale(run.data.image_shape))
-  test = np.asarray(run.data.test)
-  examples = test[_images.spread_indices(len(test), NUM_RECONSTRUCTIONS)]
+                    sample_grid(run, params0, jax.random.key(cfg["seed"]), 64), scale=scale)
   _images.write_png(run_dir / "reconstructions.png",
-                    _reconstruction_grid(run.model, params0, jax.random.key(cfg["seed"] + 1),
-                                         examples, run.data.image_shape),
-                    scale=_scale(run.data.image_shape))
+                    reconstruction_grid(run, params0, jax.random.key(cfg["seed"] + 1)),
+                    scale=scale)
   return summary
 
 
@@ -322,29 +290,56 @@ def _scale(image_shape) -> int:
   return max(1, 56 // image_shape[0])
 
 
-def prior_means(model, params, key, n: int) -> np.ndarray:
-  """Means of p(x|z) for n draws z ~ p(z): ``(n, *event)``."""
-  z = model.prior_distribution(model.latent_dim).sample(seed=key, sample_shape=(n,))
-  return np.asarray(model.apply(params, z, method=jvae.VAE.decode).mean())
+def sample_grid(run: Run, params, key, n: int) -> np.ndarray:
+  """The uint8 picture of ``n`` draws from the run's model (``samples.png``, ``jvae sample``).
+
+  * Unconditional models: ``model.generate(params, key, n)``, the means of p(x|z), z ~ p(z),
+    eight to a row.
+  * ``cvae`` on class labels: ``ceil(n / classes)`` draws per class, one row per class (0 at the
+    top), from :func:`jvae.io.conditional_data.class_conditional_grid`.
+  * ``cvae`` on quadrants: completions of ``n`` test images spread over the test set: each
+    image's observed quadrants c with the mean of p(x|z, c), z ~ p(z|c), in the rest.
+  """
+  model, data = run.model, run.data
+  if data.conditioning == "label":
+    k = data.cond_dim
+    per_class = -(-n // k)
+    images = _cdata.class_conditional_grid(model, params, key, k, per_class, data.image_shape)
+    return _images.tile(images, ncols=per_class)
+  if data.conditioning == "quadrants":
+    c = np.asarray(take(data.test, _images.spread_indices(size(data.test), n)).c)
+    x = np.asarray(jax.jit(model.generate)(params, key, jnp.asarray(c)))
+    return _images.tile(_cdata.merge_quadrants(x, c, data.mask))
+  x = np.asarray(jax.jit(lambda params, key: model.generate(params, key, n))(params, key))
+  return _images.tile(x.reshape(n, *data.image_shape))
 
 
-def _prior_grid(model, params, key, n, image_shape):
-  return _images.tile(prior_means(model, params, key, n).reshape(n, *image_shape))
+def reconstruction_grid(run: Run, params, key) -> np.ndarray:
+  """The labelled uint8 picture of ``reconstructions.png``.
 
-
-def _reconstruction_grid(model, params, key, x, image_shape):
-  """Row "data": the images ``x``; row "recon": the means of p(x|z), z ~ q(z|x)."""
-  q = model.apply(params, jnp.asarray(x), method=jvae.VAE.encode)
-  z = q.sample(seed=key)
-  recon = np.asarray(model.apply(params, z, method=jvae.VAE.decode).mean())
-  both = np.concatenate([x.reshape(-1, *image_shape), recon.reshape(-1, *image_shape)])
-  return _images.label_rows(_images.tile(both, ncols=len(x)), ["data", "recon"],
-                            cell_height=image_shape[0])
+  Row "data": 16 test images spread over the test set; row "recon": ``model.reconstruct``, the
+  mean of p(x|z) at z ~ q(z|x) (for a cvae, of p(x|z, c) at z ~ q(z|x, c)). For quadrant
+  completion both rows show whole images: the observed quadrants c with the true pixels x, and c
+  with the model's x.
+  """
+  data = run.data
+  batch = take(data.test, _images.spread_indices(size(data.test), NUM_RECONSTRUCTIONS))
+  recon = np.asarray(jax.jit(run.model.reconstruct)(
+      params, key, jax.tree_util.tree_map(jnp.asarray, batch)))
+  if data.conditioning == "quadrants":
+    truth = _cdata.merge_quadrants(batch.x, batch.c, data.mask)
+    recon = _cdata.merge_quadrants(recon, batch.c, data.mask)
+  else:
+    truth = np.asarray(batch.x if data.conditioning else batch)
+  h, w = data.image_shape
+  both = np.concatenate([truth.reshape(-1, h, w), recon.reshape(-1, h, w)])
+  return _images.label_rows(_images.tile(both, ncols=len(truth)), ["data", "recon"],
+                            cell_height=h)
 
 
 def _load_run(run_dir: pathlib.Path):
   run_dir = files.absolute(run_dir)
-  cfg = rundir.load_config(run_dir, what="run directory")
+  cfg = complete_config(rundir.load_config(run_dir, what="run directory"), CONFIG_KEYS)
   run = Run({**cfg, "devices": None})
   state = run.restore(run_dir)
   if state is None:
@@ -364,9 +359,9 @@ def evaluate_run(args, parser) -> int:
   from tqdm.auto import tqdm
 
   run, state = _load_run(args.run_dir)
-  x = np.asarray(getattr(run.data, args.split))
+  x = run.data.split(args.split)
   if args.limit:
-    x = x[: args.limit]
+    x = take(x, slice(0, args.limit))
   bound = jax.jit(jvae.log_marginal(run.model, num_samples=args.num_samples,
                                     chunk_size=args.chunk_size, return_stderr=True))
   results = []
@@ -374,9 +369,9 @@ def evaluate_run(args, parser) -> int:
     params = _seed_params(state.best_params, i)
     key = jax.random.key(run.cfg["seed"] + 2 * 10**6 + i)
     values, stderrs = [], []
-    batches = range(0, len(x), args.batch_size)
+    batches = range(0, size(x), args.batch_size)
     for j, start in enumerate(tqdm(batches, desc=f"seed {i}", disable=args.no_progress)):
-      batch = jnp.asarray(x[start:start + args.batch_size])
+      batch = jax.tree_util.tree_map(jnp.asarray, take(x, slice(start, start + args.batch_size)))
       v, se = bound(params, jax.random.fold_in(key, j), batch)
       values.append(np.asarray(v))
       stderrs.append(np.asarray(se))
@@ -410,7 +405,7 @@ def sample_run(args, parser) -> int:
   run, state = _load_run(args.run_dir)
   (i,) = _seed_indices(run.cfg, args.seed_index)
   params = _seed_params(state.best_params, i)
-  grid = _prior_grid(run.model, params, jax.random.key(args.seed), args.n, run.data.image_shape)
+  grid = sample_grid(run, params, jax.random.key(args.seed), args.n)
   out = files.absolute(args.out)
   _images.write_png(out, grid, scale=_scale(run.data.image_shape))
   print(files.dumps({"out": str(out), "n": args.n, "seed_index": i}))

@@ -1,0 +1,172 @@
+"""What a run's config builds: its data, its model and its objectives (layer 6).
+
+One place for every model family the command line trains:
+
+* ``mlp``, ``kingma2014``, ``burda2015``: a :class:`jvae.VAE` with one stochastic layer; ``--prior``
+  swaps N(0, I) for a learned prior (``jvae.VAE(base.encoder, base.decoder, prior=P)``).
+* ``burda2015_2layer``, ``lvae``: :data:`jvae.PRESETS` models with a stochastic layer per
+  ``--latent-dims`` entry (no closed-form KL: their ELBO samples it).
+* ``cvae``: :func:`jvae.cvae` on ``Batch(x, c)`` data: c the one-hot label on digits, the
+  ``--observed-quadrants`` of the image on MNIST (x the rest).
+
+A run's data is a :class:`RunData`: three splits of arrays x, or of ``jvae.Batch(x, c)`` for a
+conditional model, with a leading example axis; code that slices them uses ``tree_map``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+import jvae
+from jvae.cli import args as _cli
+from jvae.io import conditional_data as _cdata
+from jvae.io import data as _data
+from jvae.models.contract import num_examples
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+  """A run's train/valid/test splits and how to picture them.
+
+  Attributes:
+    name: the ``--data`` name.
+    train, valid, test: numpy arrays ``(n, *event)``, or ``jvae.Batch(x, c)`` of them.
+    event_shape: the shape of one x.
+    image_shape: ``(h, w)`` of one picture: of x, or of the whole image x and c make up.
+    conditioning: None (x alone), ``"label"`` (c one-hot labels) or ``"quadrants"`` (c the
+      observed quadrants of the image).
+    mask: for ``"quadrants"``, the ``(h, w)`` bool mask, True on the pixels in c.
+  """
+
+  name: str
+  train: Any
+  valid: Any
+  test: Any
+  event_shape: tuple[int, ...]
+  image_shape: tuple[int, int] | None
+  conditioning: str | None = None
+  mask: np.ndarray | None = None
+
+  @property
+  def cond_dim(self) -> int:
+    """The width of c (conditional data only)."""
+    return int(self.train.c.shape[-1])
+
+  def split(self, name: str):
+    """The split ``name`` (``"train"``, ``"valid"`` or ``"test"``)."""
+    return getattr(self, name)
+
+
+def take(data, index):
+  """``data`` (an array or a Batch of arrays) at ``index`` along the example axis."""
+  return jax.tree_util.tree_map(lambda a: a[index], data)
+
+
+def size(data) -> int:
+  """The number of examples of an array or Batch data set."""
+  return num_examples(data)
+
+
+def load_data(cfg: dict) -> RunData:
+  """The data a config trains on: ``--data``, as ``Batch(x, c)`` splits for ``--model cvae``."""
+  if cfg["model"] != "cvae":
+    ds = _data.load(cfg["data"])
+    return RunData(cfg["data"], ds.train, ds.valid, ds.test, tuple(ds.event_shape),
+                   ds.image_shape)
+  if cfg["data"] == "digits":
+    splits = _cdata.digits_conditional()
+    return RunData(cfg["data"], *splits, splits.event_shape, _square(splits.event_shape),
+                   conditioning="label")
+  ds = _data.load(cfg["data"])
+  observed = tuple(cfg.get("observed_quadrants") or (0,))
+  splits = _cdata.mnist_quadrants(ds, observed=observed)
+  return RunData(cfg["data"], *splits, splits.event_shape, tuple(ds.image_shape),
+                 conditioning="quadrants", mask=_cdata.quadrant_mask(ds.image_shape, observed))
+
+
+def _square(event_shape) -> tuple[int, int]:
+  side = math.isqrt(math.prod(event_shape))
+  return side, side
+
+
+def build_model(cfg: dict, data):
+  """The model a config describes.
+
+  Args:
+    cfg: the run's config (``config.json``).
+    data: the run's :class:`RunData`, or the event shape of x for a model without conditioning.
+  """
+  event_shape = tuple(data.event_shape if isinstance(data, RunData) else data)
+  model = cfg["model"]
+  if model == "cvae":
+    if not isinstance(data, RunData) or data.conditioning is None:
+      raise ValueError("--model cvae needs conditional data (its RunData)")
+    return jvae.cvae(event_shape=event_shape, cond_dim=data.cond_dim,
+                     latent_dim=_cli.latent_size(model, cfg["latent_dim"]),
+                     hidden=tuple(cfg["hidden"] or _cli.HIDDEN[model]))
+  if model in _cli.LAYERED_MODELS:
+    hidden, dims = _cli.layer_sizes(model, cfg["hidden"], cfg.get("latent_dims"))
+    if model == "lvae":
+      return jvae.PRESETS[model](event_shape=event_shape, hidden=hidden, latent_dims=dims)
+    return jvae.PRESETS[model](event_shape=event_shape, latent_dims=dims,
+                               hidden=tuple((h, h) for h in hidden),
+                               posterior=cfg["posterior"], iaf_steps=cfg["iaf_steps"])
+  kwargs = {"event_shape": event_shape, "posterior": cfg["posterior"],
+            "iaf_steps": cfg["iaf_steps"], "latent_dim": _cli.latent_size(model, cfg["latent_dim"])}
+  if model == "mlp":
+    base = jvae.mlp_vae(hidden=tuple(cfg["hidden"] or _cli.HIDDEN[model]), **kwargs)
+  else:
+    base = jvae.PRESETS[model](**kwargs)
+  prior = cfg.get("prior") or "standard"
+  if prior == "standard":
+    return base
+  latent = kwargs["latent_dim"]
+  if prior == "learned":
+    p = jvae.LearnedGaussianPrior(latent)
+  elif prior == "mixture":
+    p = jvae.MixturePrior(latent, cfg["prior_components"])
+  elif prior == "vamp":
+    p = jvae.VampPrior(cfg["vamp_components"], event_shape)
+  else:
+    raise ValueError(f"unknown prior {prior!r}; expected one of {_cli.PRIORS}")
+  return jvae.VAE(base.encoder, base.decoder, prior=p)
+
+
+def build_bound(model, cfg: dict, *, for_training: bool):
+  """The objective a config trains (``for_training``) or validates with (no free bits)."""
+  bound, k, est = cfg["bound"], cfg["num_samples"], cfg["estimator"]
+  if bound == "elbo":
+    kl = _cli.resolve_kl(cfg)
+    if not for_training:
+      return jvae.elbo(model, num_samples=k, kl=kl)
+    return jvae.elbo(model, num_samples=k, kl=kl, estimator=est, free_bits=cfg["free_bits"],
+                     free_bits_groups=cfg["free_bits_groups"])
+  if cfg["free_bits"] is not None:
+    raise ValueError("--free-bits applies to --bound elbo only")
+  if bound == "iwae":
+    return jvae.iwae(model, num_samples=k, estimator=est)
+  if bound == "renyi":
+    return jvae.renyi(model, alpha=cfg["alpha"], num_samples=k, estimator=est)
+  if bound == "ciwae":
+    return jvae.ciwae(model, num_samples=k, elbo_weight=cfg["elbo_weight"], estimator=est)
+  if bound == "miwae":
+    return jvae.miwae(model, num_groups=cfg["groups"], num_samples=k, estimator=est)
+  return jvae.piwae(model, num_groups=cfg["groups"], num_samples=k, estimator=est)
+
+
+def complete_config(cfg: dict, keys) -> dict:
+  """``cfg`` with every option in ``keys`` it lacks at the parser's default.
+
+  A run saved before an option existed (e.g. ``--prior``) ran with that option's default.
+  """
+  defaults = _cli.default_train_options()
+  return {**{k: _normal(defaults[k]) for k in keys if k not in cfg and k in defaults}, **cfg}
+
+
+def _normal(value):
+  return list(value) if isinstance(value, tuple) else value
