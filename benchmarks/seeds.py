@@ -75,7 +75,7 @@ import numpy as np
 import optax
 
 import jvae
-from jvae.training import fit as jvae_fit
+from jvae.training import seeds as jvae_fit
 
 try:  # run as a module: python -m benchmarks.seeds
   from benchmarks import _common

@@ -287,6 +287,9 @@ def test_layered_models_train_evaluate_and_sample(model, extra, tmp_path, capsys
   summary = _strict_json((run / "summary.json").read_text())
   assert all(np.isfinite(v[0]) for v in summary["per_seed"].values())
   assert summary["per_seed"]["iwae_5"][0] >= summary["per_seed"]["elbo"][0] - 0.5
+  (layer_kls,) = summary["test_kl_groups"]  # one seed, one KL per stochastic layer
+  # The layers' terms of KL(q(z|x) ‖ p(z)) (one may be negative; their sum, the KL, is not).
+  assert len(layer_kls) == 2 and sum(layer_kls) > 0, layer_kls
   assert _images.read_png(run / "samples.png").shape == _grid_shape(8, 8)
   assert _images.read_png(run / "reconstructions.png").shape[0] == (2 * 9 + 1) * 7
   if model == "lvae":

@@ -380,7 +380,7 @@ def test_kl_per_dim_broadcasts_standard_prior():
 
 
 # ------------------------------------------------------------------------------------------------
-# 4. jvae._numerics.
+# 4. jvae.bounds.numerics.
 
 
 class NumericsTest(chex.TestCase):

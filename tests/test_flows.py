@@ -1,4 +1,4 @@
-"""Tests for the inverse autoregressive flow posterior (jvae._flows)."""
+"""Tests for the inverse autoregressive flow posterior (jvae.distributions.flows)."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def test_multi_device_matches_single_device(single, mode):
   assert multi["shard_devices"] == 4  # really spread over the mesh
   # The all-reduce set pins HLO structure because it is the contract of each mode: data
   # parallelism reduces the gradients of the batch shards across devices (XLA inserts it); seed
-  # parallelism must reduce one scalar flag (is every seed finite, jvae/training/trainer.py) and
+  # parallelism must reduce one scalar flag (is every seed finite, jvae/training/steps.py) and
   # never an array, or the seeds would not be independent programs.
   if mode == "data":
     assert any(r.startswith("f32[") and r != "f32[]" for r in multi["all_reduce"])

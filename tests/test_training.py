@@ -388,7 +388,7 @@ def _conds(jaxpr):
 def test_vmapped_step_guard_stays_a_cond_on_one_predicate():
   """Under vmap the guard branches once on 'every seed finite' (a scalar), not per seed.
 
-  And the vmapped epoch runs the unguarded scan first (the fast path in jvae/_training.py).
+  And the vmapped epoch runs the unguarded scan first (the fast path in jvae/training/steps.py).
 
   A per-seed (batched) predicate would turn the cond into a select over params and optimizer
   moments, whose copies cost a large share of a CPU step (benchmarks/seeds.py).

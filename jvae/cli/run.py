@@ -266,6 +266,7 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
     keys = jnp.stack([jax.random.key(cfg["seed"] + i + 10**6) for i in range(cfg["seeds"])])
     per_seed[name] = np.asarray(jax.jit(jax.vmap(one))(state.best_params, keys))
   main_name = f"iwae_{k}"
+  kl_per_group = _test_kl_groups(run, state.best_params, test_x, keys)
   summary = {
       "test_bound_name": main_name,
       "test": jvae.summarize(per_seed[main_name]),
@@ -276,6 +277,8 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
       "epochs_run": int(state.epoch),
       "nonfinite_steps": np.asarray(state.train.nonfinite).tolist(),
   }
+  if kl_per_group is not None:
+    summary["test_kl_groups"] = kl_per_group.tolist()
   params0 = _seed_params(state.best_params, 0)
   scale = _scale(run.data.image_shape)
   _images.write_png(run_dir / "samples.png",
@@ -284,6 +287,21 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
                     reconstruction_grid(run, params0, jax.random.key(cfg["seed"] + 1)),
                     scale=scale)
   return summary
+
+
+def _test_kl_groups(run: Run, best_params, test_x, keys):
+  """``(seeds, G)`` mean test KL per latent group (``jvae.kl_groups``), or None without groups."""
+  f = jvae.kl_groups(run.model)
+  try:
+    jax.eval_shape(f, _seed_params(best_params, 0), keys[0],
+                   jax.tree_util.tree_map(lambda a: a[:2], test_x))
+  except ValueError:
+    return None
+
+  def one(params, key):
+    return jvae.evaluate(f, params, key, test_x, batch_size=100)
+
+  return np.asarray(jax.jit(jax.vmap(one))(best_params, keys))
 
 
 def _scale(image_shape) -> int:

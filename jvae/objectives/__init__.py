@@ -6,7 +6,7 @@ estimator; ``objectives`` holds the bound factories; ``log_marginal`` the chunke
 
 from jvae.objectives.log_marginal import log_marginal
 from jvae.objectives.log_weights import ESTIMATORS, LogWeights, check_key, sample_log_weights
-from jvae.objectives.objectives import ciwae, elbo, iwae, miwae, piwae, renyi
+from jvae.objectives.objectives import ciwae, elbo, iwae, kl_groups, miwae, piwae, renyi
 
-__all__ = ["ESTIMATORS", "LogWeights", "check_key", "ciwae", "elbo", "iwae", "log_marginal",
-           "miwae", "piwae", "renyi", "sample_log_weights"]
+__all__ = ["ESTIMATORS", "LogWeights", "check_key", "ciwae", "elbo", "iwae", "kl_groups",
+           "log_marginal", "miwae", "piwae", "renyi", "sample_log_weights"]

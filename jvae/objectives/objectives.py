@@ -151,6 +151,37 @@ def elbo(model, *, num_samples: int = 1, kl: str = "analytic",
   return with_checks(body)
 
 
+def kl_groups(model, *, num_samples: int = 1) -> Objective:
+  r"""The KL(q ‖ p) of each latent group (dimension or layer), per data point: a metric.
+
+  Closed form where the model returns one with its proposal (``Proposal.kl_groups``, e.g. a
+  factorized-Gaussian ``jvae.VAE``: one group per latent dimension), else the Monte-Carlo
+  estimate E_q[log q_g − log p_g] over ``num_samples`` draws from the per-group log-densities
+  (``Proposal.log_q_groups``, ``Joint.log_prior_groups``: one group per layer for
+  ``HierarchicalVAE`` and ``LadderVAE``). For a layer l whose prior is conditional,
+  p(z_l|z_{l+1}), the groups are the terms of KL(q(z) ‖ p(z)) in the chain rule, so they sum to
+  the whole KL. Groups far below a nat are inactive (posterior collapse).
+
+  Returns:
+    ``f(params, key, batch) -> Array[batch, G]``.
+  """
+  check_model(model)
+  check_num_samples(num_samples)
+
+  def body(params, key, batch, beta):
+    del beta
+    proposal = model.propose(params, key, batch, num_samples=num_samples)
+    if proposal.kl_groups is not None:
+      return proposal.kl_groups
+    joint = model.log_joint(params, batch, proposal.z)
+    if proposal.log_q_groups is None or joint.log_prior_groups is None:
+      raise ValueError(f"{type(model).__name__} returns no per-group KL for this posterior and "
+                       "prior (Proposal.kl_groups, or log_q_groups with Joint.log_prior_groups)")
+    return _sample_mean(proposal.log_q_groups - joint.log_prior_groups, num_samples)
+
+  return with_checks(body)
+
+
 def iwae(model, *, num_samples: int, estimator: str = "reparam") -> Objective:
   r"""The importance-weighted bound IWAE_K = E[log (1/K) Σ_k p(x, z_k)/q(z_k|x)].
 

@@ -1,8 +1,8 @@
 """Layer 5: pure ``init``/``step``/``epoch`` training, seeds and devices as axes."""
 
-from jvae.training.fit import FitState, fit, fit_init, make_epoch_fn, seed_keys, summarize
+from jvae.training.seeds import FitState, fit, fit_init, make_epoch_fn, seed_keys, summarize
 from jvae.training.parallel import batch_sharding, make_mesh, place_fit_state, replicated
-from jvae.training.trainer import Trainer, TrainState, evaluate, trainer
+from jvae.training.steps import Trainer, TrainState, evaluate, trainer
 
 __all__ = ["FitState", "fit", "fit_init", "make_epoch_fn", "seed_keys", "summarize",
            "batch_sharding", "make_mesh", "place_fit_state", "replicated", "Trainer",

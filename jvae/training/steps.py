@@ -232,14 +232,16 @@ def evaluate(bound: Callable, params, key, data, *, batch_size: int = 500):
   example counts once.
 
   Args:
-    bound: ``f(params, key, x) -> Array[batch]`` or a tuple of such arrays (e.g.
+    bound: ``f(params, key, x) -> Array[batch, ...]`` (e.g. ``jvae.kl_groups``'s
+      ``(batch, G)``) or a ``(value, stderr)`` pair of such arrays (e.g.
       ``log_marginal(..., return_stderr=True)``).
     params: model parameters.
     key: PRNG key; each batch gets ``fold_in(key, i)``.
     data: x ``(N, *event)`` or a :class:`jvae.Batch` of arrays with leading axis N (N ≥ 1).
     batch_size: examples per batch (memory bound).
   Returns:
-    The mean over the N examples, with the structure of ``bound``'s output. For a
+    The mean over the N examples (shape ``bound``'s output without its leading axis), with the
+    structure of ``bound``'s output. For a
     ``(value, stderr)`` pair the second entry is the standard error of the mean,
     sqrt(Σ se_i²) / N.
   """
@@ -263,18 +265,22 @@ def evaluate(bound: Callable, params, key, data, *, batch_size: int = 500):
   first = jax.tree_util.tree_map(lambda a: a[0], batches)
   mask = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
 
+  probe = jax.eval_shape(bound, params, key, first)
+  trailing = (probe[0] if isinstance(probe, tuple) else probe).shape[1:]
+
+  def masked_sum(m, a):
+    return jnp.sum(jnp.where(m.reshape(m.shape + (1,) * (a.ndim - 1)), a, 0.0), axis=0)
+
   def body(total, inputs):
     i, x, m = inputs
     out = bound(params, jax.random.fold_in(key, i), x)
     if isinstance(out, tuple):
       value, se = out
-      return (total[0] + jnp.sum(jnp.where(m, value, 0.0)),
-              total[1] + jnp.sum(jnp.where(m, jnp.square(se), 0.0))), None
-    return (total[0] + jnp.sum(jnp.where(m, out, 0.0)), total[1]), None
+      return (total[0] + masked_sum(m, value), total[1] + masked_sum(m, jnp.square(se))), None
+    return (total[0] + masked_sum(m, out), total[1]), None
 
-  (s, s2), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())),
-                            (jnp.arange(num_batches), batches, mask))
-  probe = jax.eval_shape(bound, params, key, first)
+  zeros = jnp.zeros(trailing)
+  (s, s2), _ = jax.lax.scan(body, (zeros, zeros), (jnp.arange(num_batches), batches, mask))
   if isinstance(probe, tuple):
     return s / n, jnp.sqrt(s2) / n
   return s / n

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jvae.training.trainer import Trainer, TrainState, evaluate
+from jvae.training.steps import Trainer, TrainState, evaluate
 
 Array = jax.Array
 
