@@ -91,17 +91,25 @@ def test_options_given_on_the_command_line():
 def test_sigint_ends_with_one_line_on_how_to_resume(tmp_path):
   run = tmp_path / "run"
   # Far more epochs than can run before the signal: the run is always mid-way when it comes.
+  # SIGINT at its default in the child: a shell without job control starts background jobs (a CI
+  # runner's, say) with SIGINT ignored, which children inherit and Python then respects.
   proc = subprocess.Popen([sys.executable, "-m", "jvae", "train", "--epochs", "100000", "--out",
                            str(run), *TINY, "--batch-size", "20"], env=ENV,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  # Any complete checkpoint (the first ones are pruned as later epochs finish).
-  while (checkpoint.latest_step(run / "checkpoints") is None and proc.poll() is None
-         and time.time() < deadline):
-    time.sleep(0.01)
-  assert proc.poll() is None, proc.communicate()[1]
-  proc.send_signal(signal.SIGINT)
-  out, err = proc.communicate(timeout=120)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  try:
+    deadline = time.time() + 240
+    # Any complete checkpoint (the first ones are pruned as later epochs finish).
+    while (checkpoint.latest_step(run / "checkpoints") is None and proc.poll() is None
+           and time.time() < deadline):
+      time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+  finally:  # never leave a 100,000-epoch run behind
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
   assert proc.returncode == 130, err
   lines = err.strip().splitlines()
   step = checkpoint.latest_step(run / "checkpoints")
