@@ -91,12 +91,13 @@ def test_options_given_on_the_command_line():
 def test_sigint_ends_with_one_line_on_how_to_resume(tmp_path):
   run = tmp_path / "run"
   # Far more epochs than can run before the signal: the run is always mid-way when it comes.
-  # SIGINT at its default in the child: a shell without job control starts background jobs (a CI
-  # runner's, say) with SIGINT ignored, which children inherit and Python then respects.
-  proc = subprocess.Popen([sys.executable, "-m", "jvae", "train", "--epochs", "100000", "--out",
+  # Python's own SIGINT handler in the child: a shell without job control starts background jobs
+  # (a CI runner's, say) with SIGINT ignored, which children inherit and Python then respects.
+  start = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from jvae.cli import main; sys.exit(main(sys.argv[1:]))")
+  proc = subprocess.Popen([sys.executable, "-c", start, "train", "--epochs", "100000", "--out",
                            str(run), *TINY, "--batch-size", "20"], env=ENV,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 240
     # Any complete checkpoint (the first ones are pruned as later epochs finish).
