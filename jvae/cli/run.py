@@ -257,13 +257,13 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
   bounds = {"elbo": run.valid_bound if cfg["bound"] == "elbo" else
             jvae.elbo(run.model, kl="sample"),
             f"iwae_{k}": jvae.iwae(run.model, num_samples=k)}
+  # Seed i's key is that of a one-seed run of seed + i.
+  keys = jnp.stack([jax.random.key(cfg["seed"] + i + 10**6) for i in range(cfg["seeds"])])
   per_seed = {}
   for name, bound in bounds.items():
     def one(params, key, bound=bound):
       return jvae.evaluate(bound, params, key, test_x, batch_size=100)
 
-    # Seed i's key is that of a one-seed run of seed + i.
-    keys = jnp.stack([jax.random.key(cfg["seed"] + i + 10**6) for i in range(cfg["seeds"])])
     per_seed[name] = np.asarray(jax.jit(jax.vmap(one))(state.best_params, keys))
   main_name = f"iwae_{k}"
   kl_per_group = _test_kl_groups(run, state.best_params, test_x, keys)
