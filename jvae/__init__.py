@@ -28,6 +28,9 @@ from jvae.distributions import (
 from jvae.io import checkpoint, data
 from jvae.models import (
     MLP,
+    WithBaseline,
+    discrete_oracle,
+    with_baseline,
     PRESETS,
     VAE,
     Batch,
@@ -123,6 +126,9 @@ __all__ = [
     "standard_normal",
     "analytic_kl",
     "kl_per_dim",
+    "WithBaseline",
+    "with_baseline",
+    "discrete_oracle",
     "elbo",
     "iwae",
     "kl_groups",

@@ -244,8 +244,8 @@ class BadInputTest(parameterized.TestCase):
   def test_unknown_options(self):
     with self.assertRaisesRegex(ValueError, "unknown kl option 'exact'.*'analytic', 'sample'"):
       jvae.elbo(self.model, kl="exact")
-    with self.assertRaisesRegex(ValueError, "unknown estimator 'vimco'"):
-      jvae.iwae(self.model, num_samples=2, estimator="vimco")
+    with self.assertRaisesRegex(ValueError, "unknown estimator 'reinforce'"):
+      jvae.iwae(self.model, num_samples=2, estimator="reinforce")
     with self.assertRaisesRegex(ValueError, "needs kl='sample'"):
       jvae.elbo(self.model, estimator="stl")
     with self.assertRaisesRegex(TypeError, "model must meet the jvae.LatentModel contract"):

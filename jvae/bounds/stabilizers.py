@@ -13,7 +13,33 @@ from jvae.bounds.numerics import check_number
 
 Array = jax.Array
 
-__all__ = ["linear_warmup", "constant_beta", "free_bits_kl"]
+__all__ = ["linear_warmup", "constant_beta", "free_bits_kl", "exponential_temperature"]
+
+
+def exponential_temperature(*, initial: float = 1.0, minimum: float = 0.5, rate: float = 1e-4,
+                            every: int = 1):
+  r"""Temperature annealing τ(t) = max(τ_min, τ_0 · exp(−r · ⌊t/N⌋·N)) (Jang et al. 2017, Sec. 4).
+
+  Jang et al. anneal the Gumbel-softmax temperature from 1 with r ∈ {1e-5, 1e-4} to a floor of
+  0.5, updating it every N = 500 steps. Returns a pure function ``step -> τ`` (jit/vmap safe)
+  for ``jvae.trainer(..., temperature=...)``.
+
+  Raises:
+    ValueError: a non-positive or non-finite ``initial`` or ``minimum``, ``minimum > initial``, a
+      negative ``rate``, or ``every < 1``.
+  """
+  check_number(initial, "exponential_temperature initial", minimum=0.0, strict=True)
+  check_number(minimum, "exponential_temperature minimum", minimum=0.0, strict=True,
+               maximum=initial)
+  check_number(rate, "exponential_temperature rate", minimum=0.0)
+  if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    raise ValueError(f"exponential_temperature every: expected an integer >= 1, got {every!r}")
+
+  def schedule(step):
+    t = (jnp.asarray(step, jnp.int32) // every * every).astype(jnp.float32)
+    return jnp.maximum(minimum, initial * jnp.exp(-rate * t))
+
+  return schedule
 
 
 def linear_warmup(num_steps: int, *, beta_max: float = 1.0):

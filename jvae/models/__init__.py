@@ -1,6 +1,7 @@
 """Layer 3: the model contract and the families that meet it, networks and presets."""
 
-from jvae.models import oracles
+from jvae.models import discrete_oracle, oracles
+from jvae.models.baseline import WithBaseline, with_baseline
 from jvae.models.conditional import ConditionalVAE, cvae
 from jvae.models.contract import Batch, Joint, LatentModel, Proposal
 from jvae.models.networks import MLP, Decoder, Encoder
@@ -21,5 +22,5 @@ __all__ = [
     "ConditionalVAE", "cvae", "MLP", "Encoder", "Decoder", "PRESETS", "burda2015",
     "burda2015_2layer", "kingma2014", "lvae", "mlp_vae", "oracles",
     "ConditionalGaussianPrior", "LearnedGaussianPrior", "MixturePrior", "VampPrior",
-    "prior_samples",
+    "prior_samples", "WithBaseline", "with_baseline", "discrete_oracle",
 ]

@@ -23,6 +23,11 @@ Everything else is optional and looked up by name:
   share its encoder pass; a model may instead provide methods ``analytic_kl(params, batch)``
   and ``analytic_kl_groups(params, batch)``. ``kl="analytic"`` raises a clear error on a model
   with neither.
+* ``Proposal.log_q_score``: for models with discrete (non-reparameterizable) latents, the
+  ``(K, batch)`` log q of those sites at live params with z stopped. A model that has such
+  sites must return it: the objectives then refuse the pathwise estimators (``"reparam"``,
+  ``"stl"``, ``"dreg"``), which would silently drop the score term, and take ``"score"`` or
+  ``"vimco"`` (:mod:`jvae.objectives.score`).
 * ``Proposal.log_q_groups`` / ``Joint.log_prior_groups``: ``(K, batch, G)`` per-group parts of
   log q and log p(z) whose sums are ``log_q`` and ``log_prior``; their difference is the sampled
   per-group KL used by free bits with ``kl="sample"``.
@@ -76,6 +81,12 @@ class Proposal(NamedTuple):
     log_q_groups: optional ``(K, batch, G)`` parts of ``log_q`` (per latent dimension or layer).
     kl: optional ``(batch,)`` closed-form KL(q ‖ p(z|·)) at ``params``, where it exists.
     kl_groups: optional ``(batch, G)`` parts of ``kl``.
+    log_q_score: ``(K, batch)`` log q of the sites that are *not* reparameterized (discrete
+      latents), at live ``params`` and stopped z; ``None`` when every site is reparameterized.
+      Its presence is what marks a model as needing a score-function estimator
+      (``estimator="score"`` or ``"vimco"``): the gradient of E_q[f(z)] is then
+      E_q[∇f(z) + f(z) ∇ log q_score(z)]. In a mixed model the continuous sites keep their
+      reparameterized path in ``z`` and are left out of this term.
   """
 
   z: Any
@@ -83,6 +94,7 @@ class Proposal(NamedTuple):
   log_q_groups: Array | None = None
   kl: Array | None = None
   kl_groups: Array | None = None
+  log_q_score: Array | None = None
 
 
 class Joint(NamedTuple):

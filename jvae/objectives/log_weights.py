@@ -10,6 +10,12 @@ Gradient estimators (``estimator=``):
     ``density_params = stop_gradient(params)``, dropping the zero-mean score term.
   * ``"dreg"``: doubly-reparameterized gradients (Tucker et al. 2018): the encoder gets
     Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ, the decoder the usual Σ_k w̃_k ∇_θ log w_k.
+  * ``"score"`` and ``"vimco"``: score-function estimators for models with discrete latents
+    (``Proposal.log_q_score``), see :mod:`jvae.objectives.score`.
+
+The first three are pathwise: they need every latent site reparameterized, and refuse a model
+whose proposal has non-reparameterized sites, at trace time, rather than return a gradient that
+silently lacks the score term.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from jvae.models.contract import check_model
 
 Array = jax.Array
 
-ESTIMATORS = ("reparam", "stl", "dreg")
+PATHWISE = ("reparam", "stl", "dreg")
+SCORE_FUNCTION = ("score", "vimco")
+ESTIMATORS = PATHWISE + SCORE_FUNCTION
 
 _stop = jax.lax.stop_gradient
 
@@ -63,6 +71,27 @@ def check_estimator(estimator: str, allowed=ESTIMATORS) -> str:
   return estimator
 
 
+def check_gradient_paths(model, proposal, estimator: str) -> None:
+  """Raise a ValueError when ``estimator`` cannot give the gradient for ``proposal``'s sites.
+
+  Pathwise estimators need every site reparameterized; the score-function ones need the log q
+  of the sites that are not (``Proposal.log_q_score``).
+  """
+  discrete = proposal.log_q_score is not None
+  name = type(model).__name__
+  if discrete and estimator in PATHWISE:
+    raise ValueError(
+        f"{name} has latent sites that are not reparameterized (discrete; its proposal sets "
+        f"log_q_score), so estimator={estimator!r} would silently drop the score term of the "
+        "gradient. Use estimator='score' (baseline=None, 'ema' or 'nvil') or, for K-sample "
+        "bounds, 'vimco'; or a Concrete relaxation of the model")
+  if not discrete and estimator in SCORE_FUNCTION:
+    raise ValueError(
+        f"estimator={estimator!r} is a score-function estimator for discrete latents (sites a "
+        f"proposal marks with log_q_score), and every latent of {name} is reparameterized; "
+        "use 'reparam', 'stl' or 'dreg'")
+
+
 def check_beta(beta) -> None:
   """Reject a concrete β that is negative or NaN; a traced β is left to the caller."""
   if isinstance(beta, (int, float)) and not (beta >= 0 and math.isfinite(beta)):
@@ -81,11 +110,15 @@ class LogWeights(NamedTuple):
   encoder parameters φ.
   Without ``split`` all three are the same array. With it, ``value``'s gradient is the sum of
   the other two, which is the total derivative by the chain rule.
+
+  ``log_q_score``: the proposal's ``log_q_score`` (``(K, batch)`` or None), for score-function
+  estimators.
   """
 
   value: Array
   theta: Array
   phi: Array
+  log_q_score: Array | None = None
 
 
 def sample_log_weights(model, params, key, batch, num_samples: int, *,
@@ -97,7 +130,8 @@ def sample_log_weights(model, params, key, batch, num_samples: int, *,
     params, key, batch: as for any objective.
     num_samples: K.
     estimator: ``"reparam"`` keeps the score term of log q; ``"stl"``/``"dreg"`` evaluate log q
-      at stopped parameters (Roeder et al. 2017).
+      at stopped parameters (Roeder et al. 2017); ``"score"``/``"vimco"`` (discrete latents)
+      keep log q at live parameters and return ``log_q_score`` for the surrogate.
     beta: weight of log p(z) − log q(z|x) (KL warm-up).
     split: also return separate θ and φ gradient paths (always on for ``"dreg"``). Costs a
       second ``log_joint``.
@@ -105,8 +139,9 @@ def sample_log_weights(model, params, key, batch, num_samples: int, *,
     :class:`LogWeights` of shape ``(K, batch)``.
   """
   check_model(model)
-  density = None if estimator == "reparam" else tree_stop(params)
+  density = tree_stop(params) if estimator in ("stl", "dreg") else None
   proposal = model.propose(params, key, batch, num_samples=num_samples, density_params=density)
+  check_gradient_paths(model, proposal, estimator)
   z, log_q = proposal.z, proposal.log_q
 
   def log_w(p, z, log_q):
@@ -115,10 +150,11 @@ def sample_log_weights(model, params, key, batch, num_samples: int, *,
 
   if not (split or estimator == "dreg"):
     lw = log_w(params, z, log_q)
-    return LogWeights(lw, lw, lw)
+    return LogWeights(lw, lw, lw, proposal.log_q_score)
   lw_theta = log_w(params, tree_stop(z), _stop(log_q))
   lw_phi = log_w(tree_stop(params), z, log_q)
-  return LogWeights(with_surrogate(lw_theta, lw_theta + lw_phi), lw_theta, lw_phi)
+  return LogWeights(with_surrogate(lw_theta, lw_theta + lw_phi), lw_theta, lw_phi,
+                    proposal.log_q_score)
 
 
 def weighted(lw_weights: Array, lw_grad: Array, axis: int, power: int) -> Array:

@@ -12,24 +12,32 @@ also accepts an optional keyword ``beta`` (a traced scalar is fine) that weights
 prior/posterior part of each log-weight, log w = log p(x|z) + β(log p(z) − log q(z|x)), for KL
 warm-up; β = 1 is the bound itself.
 
-The estimator (``estimator="reparam" | "stl" | "dreg"``, see :mod:`jvae.objectives.log_weights`)
-changes only the gradient: the value returned is always the bound.
+The estimator (``estimator="reparam" | "stl" | "dreg"``, see :mod:`jvae.objectives.log_weights`;
+``"score" | "vimco"`` for discrete latents, see :mod:`jvae.objectives.score`) changes only the
+gradient: the value returned is always the bound. Relaxed models (e.g. Concrete latents) take a
+``temperature=`` keyword, passed to their ``at_temperature`` method, so the trainer can anneal it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jvae.bounds import log_weights as _bounds
+from jvae.bounds.numerics import check_number
 from jvae.bounds.stabilizers import free_bits_kl
 from jvae.models.contract import check_batch, check_model
+from jvae.objectives import score as _score
 from jvae.objectives.log_weights import (
+    PATHWISE,
+    SCORE_FUNCTION,
     check_beta,
     check_estimator,
+    check_gradient_paths,
     check_key,
     check_num_samples,
     sample_log_weights,
@@ -44,23 +52,60 @@ Objective = Callable[..., Array]
 KL_OPTIONS = ("analytic", "sample")
 
 
-def with_checks(fn):
-  """Wrap an objective body ``fn(params, key, batch, beta)`` with the checks every objective has.
+def _at_temperature(model, temperature):
+  """``model`` at relaxation temperature τ (its ``at_temperature`` method); τ=None: as is."""
+  if temperature is None:
+    return model
+  method = getattr(model, "at_temperature", None)
+  if not callable(method):
+    raise TypeError(f"temperature= was given but {type(model).__name__} has no at_temperature "
+                    "method (only relaxed models, e.g. jvae.DiscreteVAE(relaxation='concrete'), "
+                    "have a temperature)")
+  check_number(temperature, "temperature", minimum=0.0, strict=True)
+  return method(temperature)
+
+
+def with_checks(fn, model, *, init_state: Callable[[], Any] | None = None):
+  """Wrap an objective body with the checks every objective has.
+
+  ``fn(model, params, key, batch, beta) -> Array[batch]``; with ``init_state``, a stateful body
+  ``fn(model, params, key, batch, beta, state) -> (Array[batch], new_state)`` (the score
+  baselines' moving averages). The returned objective is
+  ``f(params, key, batch, *, beta=1.0, temperature=None)``; a stateful one also has
+  ``f.init_state()`` and ``f.with_state(params, key, batch, state, *, beta=1.0,
+  temperature=None) -> (values, new_state)``, and a plain call uses the initial state.
 
   ``key`` must be one PRNG key; ``batch`` a floating-point array ``(batch, *event)`` with at
   least one example, or a :class:`jvae.Batch` of such an x with side fields of the same leading
-  size; a concrete ``beta`` must be finite and ≥ 0.
+  size; a concrete ``beta`` must be finite and ≥ 0; ``temperature`` (relaxed models only, e.g.
+  annealed by the trainer) is passed to ``model.at_temperature``.
   """
 
-  def objective(params, key, batch, *, beta=1.0):
+  def prepare(key, batch, beta, temperature):
     check_key(key)
     if not hasattr(batch, "shape") and not hasattr(batch, "_fields"):
       batch = jnp.asarray(batch)
     check_batch(batch)
     check_beta(beta)
-    return fn(params, key, batch, beta)
+    return _at_temperature(model, temperature), batch
 
-  return objective
+  if init_state is None:
+    def objective(params, key, batch, *, beta=1.0, temperature=None):
+      m, batch = prepare(key, batch, beta, temperature)
+      return fn(m, params, key, batch, beta)
+
+    return objective
+
+  def with_state(params, key, batch, state, *, beta=1.0, temperature=None):
+    m, batch = prepare(key, batch, beta, temperature)
+    return fn(m, params, key, batch, beta, state)
+
+  def stateful(params, key, batch, *, beta=1.0, temperature=None):
+    return with_state(params, key, batch, init_state(), beta=beta, temperature=temperature)[0]
+
+  stateful.init_state = init_state
+  stateful.with_state = with_state
+  return stateful
 
 
 def _check_finite_nonneg(value, name: str) -> None:
@@ -83,13 +128,21 @@ def _closed_form_kl(model, params, batch, proposal, groups: bool) -> Array:
       "the KL of one layer is not the KL of the whole q); use kl='sample'")
 
 
+def _with_score_state(body, model, baseline):
+  """A score-function body as an objective: stateful for the moving-average baselines."""
+  if baseline is None:
+    return with_checks(lambda *args: body(*args, None)[0], model)
+  return with_checks(body, model, init_state=lambda: _score.initial_state(baseline))
+
+
 def _sample_mean(a: Array, num_samples: int) -> Array:
   return a[0] if num_samples == 1 else jnp.mean(a, axis=0)
 
 
 def elbo(model, *, num_samples: int = 1, kl: str = "analytic",
          estimator: str = "reparam", free_bits: float | None = None,
-         free_bits_groups: int | None = None) -> Objective:
+         free_bits_groups: int | None = None, baseline: str | None = None,
+         baseline_decay: float = 0.9) -> Objective:
   r"""The evidence lower bound, ELBO = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) ≤ log p(x).
 
   Kingma & Welling (2014), Eqs. 3 and 7; ELBO = log p(x) − KL(q(z|x) ‖ p(z|x)).
@@ -101,21 +154,39 @@ def elbo(model, *, num_samples: int = 1, kl: str = "analytic",
       none, e.g. an IAF posterior or a bottom-up hierarchy); ``"sample"`` the MC estimate
       log q(z|x) − log p(z), i.e. the mean of log-weights.
     estimator: ``"reparam"``, ``"stl"`` or ``"dreg"`` (= STL here); the latter two need
-      ``kl="sample"``.
+      ``kl="sample"``. For a model with discrete latents, ``"score"``: REINFORCE on the
+      non-reparameterized sites (:mod:`jvae.objectives.score`), with either KL option; with
+      ``kl="analytic"`` only log p(x|z) enters the learning signal.
     free_bits: λ in nats; if set, the KL is replaced by Σ_g max(λ, E_batch[KL_g]) over
       ``free_bits_groups`` groups of the model's KL groups (Kingma et al. 2016): latent
       dimensions for ``jvae.VAE``, layers for hierarchies. Then the value is the free-bits
       training objective, not a bound: evaluate with plain ``elbo``.
     free_bits_groups: number of contiguous groups (default: one per KL group of the model).
+    baseline: for ``estimator="score"``: ``None``, ``"ema"`` (a moving average of the signal)
+      or ``"nvil"`` (Mnih & Gregor 2014; needs :func:`jvae.with_baseline`). Those two make the
+      objective stateful: ``f.init_state()`` and ``f.with_state(...)``, which the trainer uses.
+    baseline_decay: the moving averages' decay α in [0, 1).
 
   Returns:
-    ``f(params, key, batch, *, beta=1.0) -> Array[batch]``.
+    ``f(params, key, batch, *, beta=1.0, temperature=None) -> Array[batch]``.
   """
   check_model(model)
   check_num_samples(num_samples)
-  check_estimator(estimator)
+  if estimator == "vimco":
+    raise ValueError("estimator='vimco' is for the K-sample bounds (jvae.iwae, jvae.miwae); for "
+                     "the elbo use estimator='score' with baseline='ema' or 'nvil'")
+  check_estimator(estimator, (*PATHWISE, "score"))
+  _score.check_baseline(model, baseline, estimator, baseline_decay)
   if kl not in KL_OPTIONS:
     raise ValueError(f"unknown kl option {kl!r}; expected one of {KL_OPTIONS}")
+  if estimator == "score":
+    if free_bits is not None:
+      raise ValueError("free_bits is implemented for the pathwise estimators only; with "
+                       "estimator='score' train the plain elbo (or warm up beta)")
+    body = _score.elbo_body(
+        num_samples=num_samples, kl=kl, baseline=baseline, decay=baseline_decay,
+        closed_form_kl=lambda m, p, b, prop: _closed_form_kl(m, p, b, prop, groups=False))
+    return _with_score_state(body, model, baseline)
   if estimator != "reparam" and kl == "analytic":
     raise ValueError(f"estimator={estimator!r} drops the score term of log q(z|x), which needs "
                      "kl='sample'; the analytic KL has no such term")
@@ -126,13 +197,14 @@ def elbo(model, *, num_samples: int = 1, kl: str = "analytic",
       raise ValueError("free_bits_groups is set but free_bits is not; give free_bits=λ too")
   est = "stl" if estimator == "dreg" else estimator  # for a plain average DReG is STL
 
-  def body(params, key, batch, beta):
+  def body(model, params, key, batch, beta):
     if free_bits is None and kl == "sample":
       lw = sample_log_weights(model, params, key, batch, num_samples, estimator=est, beta=beta)
       return _bounds.elbo(lw.value)
     density = tree_stop(params) if est == "stl" else None
     proposal = model.propose(params, key, batch, num_samples=num_samples,
                              density_params=density)
+    check_gradient_paths(model, proposal, est)
     joint = model.log_joint(params, batch, proposal.z)
     log_lik = _sample_mean(joint.log_lik, num_samples)
     if free_bits is None:
@@ -148,7 +220,7 @@ def elbo(model, *, num_samples: int = 1, kl: str = "analytic",
     groups = free_bits_groups or per_group.shape[-1]
     return log_lik - beta * free_bits_kl(per_group, lam=free_bits, num_latent_groups=groups)
 
-  return with_checks(body)
+  return with_checks(body, model)
 
 
 def kl_groups(model, *, num_samples: int = 1) -> Objective:
@@ -168,7 +240,7 @@ def kl_groups(model, *, num_samples: int = 1) -> Objective:
   check_model(model)
   check_num_samples(num_samples)
 
-  def body(params, key, batch, beta):
+  def body(model, params, key, batch, beta):
     del beta
     proposal = model.propose(params, key, batch, num_samples=num_samples)
     if proposal.kl_groups is not None:
@@ -179,10 +251,11 @@ def kl_groups(model, *, num_samples: int = 1) -> Objective:
                        "prior (Proposal.kl_groups, or log_q_groups with Joint.log_prior_groups)")
     return _sample_mean(proposal.log_q_groups - joint.log_prior_groups, num_samples)
 
-  return with_checks(body)
+  return with_checks(body, model)
 
 
-def iwae(model, *, num_samples: int, estimator: str = "reparam") -> Objective:
+def iwae(model, *, num_samples: int, estimator: str = "reparam", baseline: str | None = None,
+         baseline_decay: float = 0.9) -> Objective:
   r"""The importance-weighted bound IWAE_K = E[log (1/K) Σ_k p(x, z_k)/q(z_k|x)].
 
   Burda et al. (2015), Eq. 8. ELBO = IWAE_1 ≤ IWAE_K ≤ IWAE_{K+1} ≤ log p(x).
@@ -191,15 +264,20 @@ def iwae(model, *, num_samples: int, estimator: str = "reparam") -> Objective:
     model: any :class:`jvae.LatentModel`.
     num_samples: K ≥ 1.
     estimator: ``"reparam"`` (standard IWAE gradient), ``"stl"`` (biased for K > 1, see Tucker et
-      al. 2018) or ``"dreg"``.
+      al. 2018) or ``"dreg"``; for discrete latents ``"score"`` (signal L̂ for every sample,
+      with ``baseline``) or ``"vimco"`` (Mnih & Rezende 2016; K ≥ 2).
+    baseline, baseline_decay: for ``"score"``, as in :func:`elbo`.
   Returns:
-    ``f(params, key, batch, *, beta=1.0) -> Array[batch]``.
+    ``f(params, key, batch, *, beta=1.0, temperature=None) -> Array[batch]``.
   """
   check_model(model)
   check_num_samples(num_samples)
   check_estimator(estimator)
+  if estimator in SCORE_FUNCTION:
+    return _k_sample_score(model, 1, num_samples, estimator, baseline, baseline_decay)
+  _score.check_baseline(model, baseline, estimator, baseline_decay)
 
-  def body(params, key, batch, beta):
+  def body(model, params, key, batch, beta):
     lw = sample_log_weights(model, params, key, batch, num_samples, estimator=estimator,
                             beta=beta)
     if estimator == "dreg":
@@ -207,19 +285,19 @@ def iwae(model, *, num_samples: int, estimator: str = "reparam") -> Objective:
       return with_surrogate(_bounds.iwae(lw.theta), sur)
     return _bounds.iwae(lw.value)
 
-  return with_checks(body)
+  return with_checks(body, model)
 
 
 def _reduced_log_weights(model, num_samples: int, estimator: str,
                          reduce: Callable[[Array], Array]) -> Objective:
   """The objective ``reduce(log_w)`` of K log-weights ``(K, batch)`` drawn with ``estimator``."""
 
-  def body(params, key, batch, beta):
+  def body(model, params, key, batch, beta):
     lw = sample_log_weights(model, params, key, batch, num_samples, estimator=estimator,
                             beta=beta)
     return reduce(lw.value)
 
-  return with_checks(body)
+  return with_checks(body, model)
 
 
 def renyi(model, *, alpha: float, num_samples: int, estimator: str = "reparam") -> Objective:
@@ -241,27 +319,43 @@ def renyi(model, *, alpha: float, num_samples: int, estimator: str = "reparam") 
                               lambda lw: _bounds.renyi(lw, alpha=alpha))
 
 
+def _k_sample_score(model, num_groups, num_samples, estimator, baseline, decay):
+  _score.check_baseline(model, baseline, estimator, decay)
+  if estimator == "vimco" and num_samples < 2:
+    raise ValueError(f"estimator='vimco' needs num_samples >= 2 (sample k's baseline is built "
+                     f"from the other samples), got num_samples={num_samples}")
+  body = _score.k_sample_body(num_groups=num_groups, num_samples=num_samples,
+                              estimator=estimator, baseline=baseline, decay=decay,
+                              sample_log_weights=sample_log_weights)
+  return _with_score_state(body, model, baseline)
+
+
 def _grouped(lw: Array, num_groups: int) -> Array:
   return lw.reshape(num_groups, lw.shape[0] // num_groups, *lw.shape[1:])
 
 
-def miwae(model, *, num_groups: int, num_samples: int,
-          estimator: str = "reparam") -> Objective:
+def miwae(model, *, num_groups: int, num_samples: int, estimator: str = "reparam",
+          baseline: str | None = None, baseline_decay: float = 0.9) -> Objective:
   r"""MIWAE(M, K): the average of M independent IWAE_K bounds (Rainforth et al. 2018).
 
   Args:
     model: any :class:`jvae.LatentModel`.
     num_groups: M ≥ 1 groups of samples (not latent groups: that is ``free_bits_groups``).
     num_samples: K ≥ 1 samples per group (M·K in all).
-    estimator: ``"reparam"``, ``"stl"`` or ``"dreg"`` (DReG within each group).
+    estimator: ``"reparam"``, ``"stl"`` or ``"dreg"`` (DReG within each group); for discrete
+      latents ``"score"`` or ``"vimco"`` (leave-one-out within each group, K ≥ 2).
+    baseline, baseline_decay: for ``"score"``, as in :func:`elbo`.
   """
   check_model(model)
   check_num_samples(num_groups, "num_groups")
   check_num_samples(num_samples)
   check_estimator(estimator)
+  if estimator in SCORE_FUNCTION:
+    return _k_sample_score(model, num_groups, num_samples, estimator, baseline, baseline_decay)
+  _score.check_baseline(model, baseline, estimator, baseline_decay)
   total = num_groups * num_samples
 
-  def body(params, key, batch, beta):
+  def body(model, params, key, batch, beta):
     lw = sample_log_weights(model, params, key, batch, total, estimator=estimator, beta=beta)
     if estimator != "dreg":
       return _bounds.miwae(_grouped(lw.value, num_groups))
@@ -269,7 +363,7 @@ def miwae(model, *, num_groups: int, num_samples: int,
     sur = jnp.mean(weighted(th, th, 1, 1) + weighted(th, ph, 1, 2), axis=0)
     return with_surrogate(_bounds.miwae(th), sur)
 
-  return with_checks(body)
+  return with_checks(body, model)
 
 
 def ciwae(model, *, num_samples: int, elbo_weight: float,
@@ -306,11 +400,11 @@ def piwae(model, *, num_groups: int, num_samples: int,
   total = num_groups * num_samples
   power = 2 if estimator == "dreg" else 1
 
-  def body(params, key, batch, beta):
+  def body(model, params, key, batch, beta):
     lw = sample_log_weights(model, params, key, batch, total, estimator=estimator, beta=beta,
                             split=True)
     th, ph = _grouped(lw.theta, num_groups), _grouped(lw.phi, num_groups)
     sur = weighted(lw.theta, lw.theta, 0, 1) + jnp.mean(weighted(th, ph, 1, power), axis=0)
     return with_surrogate(_bounds.iwae(lw.theta), sur)
 
-  return with_checks(body)
+  return with_checks(body, model)

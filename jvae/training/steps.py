@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax import custom_batching
 
+from jvae.bounds.numerics import check_number
 from jvae.bounds.stabilizers import linear_warmup
 from jvae.models.contract import Batch, data_of
 from jvae.objectives.log_weights import check_beta
@@ -34,6 +35,8 @@ class TrainState(NamedTuple):
     step: number of steps taken (int32 scalar), skipped ones included.
     key: PRNG key for shuffling and sampling; split at every use.
     nonfinite: number of steps skipped because the loss or a gradient was not finite.
+    objective_state: the objective's own state, for objectives that have one (the moving
+      averages of the score-function baselines, ``f.init_state()``); ``None`` otherwise.
   """
 
   params: Any
@@ -41,6 +44,7 @@ class TrainState(NamedTuple):
   step: Array
   key: Array
   nonfinite: Array
+  objective_state: Any = None
 
 
 class Trainer(NamedTuple):
@@ -110,11 +114,15 @@ def _unbatched_or_vmapped(unbatched: Callable, vmapped: Callable) -> Callable:
 
 def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, batch_size: int,
             warmup_steps: int = 0, beta: float = 1.0,
+            temperature: float | Callable[[Array], Array] | None = None,
             batch_sharding: jax.sharding.Sharding | None = None) -> Trainer:
   """Build pure ``init``/``step``/``epoch`` functions that maximise ``objective``.
 
-  The loss is ``-mean(objective(params, key, x, beta=β(step)))``. A step whose loss or gradient
-  is not finite leaves params and optimizer state unchanged and increments ``state.nonfinite``.
+  The loss is ``-mean(objective(params, key, x, beta=β(step)))``. An objective with its own
+  state (``objective.with_state``, e.g. a score-function estimator with a moving-average
+  baseline) has it kept in ``TrainState.objective_state`` and updated at every finite step. A
+  step whose loss or gradient is not finite leaves params and optimizer state unchanged and
+  increments ``state.nonfinite``.
 
   Cost of that guard: XLA does not update the outputs of a branch in place, so a guarded step
   copies the params and optimizer moments. Un-batched, a ``lax.cond`` whose skip branch returns
@@ -133,6 +141,9 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     warmup_steps: KL warm-up length N: β rises linearly from 0 to ``beta`` over N steps
       (Bowman et al. 2015; Sønderby et al. 2016); 0 keeps β = ``beta`` throughout.
     beta: the final (or constant) β.
+    temperature: for relaxed models (e.g. Concrete latents): a constant τ, or a schedule
+      ``step -> τ`` such as :func:`jvae.stabilizers.exponential_temperature` (Jang et al.
+      2017), passed to the objective as ``temperature=``; None leaves the model's own.
     batch_sharding: optional sharding of each batch over a device mesh (data parallelism); the
       gradient reduction across devices is then done by XLA.
   """
@@ -140,10 +151,20 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
   check_beta(beta)
   schedule = linear_warmup(warmup_steps, beta_max=beta)
+  stateful = callable(getattr(objective, "with_state", None))
+  if temperature is not None and not callable(temperature):
+    check_number(temperature, "trainer temperature", minimum=0.0, strict=True)
 
   def init(params, key) -> TrainState:
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key,
-                      jnp.zeros((), jnp.int32))
+                      jnp.zeros((), jnp.int32),
+                      objective.init_state() if stateful else None)
+
+  def options(step):
+    if temperature is None:
+      return {}
+    tau = temperature(step) if callable(temperature) else temperature
+    return {"temperature": jnp.asarray(tau, jnp.float32)}
 
   def guarded_step(state: TrainState, x: Array, *, guard: str | None):
     """One step; ``guard``: "unbatched", "vmapped" (see the docstring above) or None."""
@@ -152,12 +173,18 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     if batch_sharding is not None:
       x = jax.lax.with_sharding_constraint(x, batch_sharding)
     b = schedule(state.step)
+    kwargs = options(state.step)
 
     def loss_fn(params):
-      return -jnp.mean(objective(params, sub, x, beta=b))
+      if stateful:
+        values, new = objective.with_state(params, sub, x, state.objective_state, beta=b,
+                                           **kwargs)
+        return -jnp.mean(values), new
+      return -jnp.mean(objective(params, sub, x, beta=b, **kwargs)), None
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    (loss, objective_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     ok = jnp.isfinite(loss) & _all_finite(grads)
+    objective_state = _where(ok, objective_state, state.objective_state)
 
     def apply_update():
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -174,9 +201,9 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     else:
       params, opt_state = apply_update()
     new_state = TrainState(params, opt_state, state.step + 1, key,
-                           state.nonfinite + (~ok).astype(jnp.int32))
+                           state.nonfinite + (~ok).astype(jnp.int32), objective_state)
     metrics = {"loss": jnp.where(ok, loss, 0.0), "finite": ok.astype(jnp.float32),
-               "beta": jnp.asarray(b, jnp.float32)}
+               "beta": jnp.asarray(b, jnp.float32), **kwargs}
     return new_state, metrics
 
   step = _unbatched_or_vmapped(functools.partial(guarded_step, guard="unbatched"),
@@ -205,8 +232,9 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
       state, m = run(guard)
     finite = jnp.maximum(jnp.sum(m["finite"]), 1.0)
     loss = jnp.sum(m["loss"]) / finite
+    extra = {"temperature": m["temperature"][-1]} if "temperature" in m else {}
     return state, {"loss": loss, "bound": -loss, "nonfinite": state.nonfinite - start.nonfinite,
-                   "beta": m["beta"][-1]}
+                   "beta": m["beta"][-1], **extra}
 
   epoch = _unbatched_or_vmapped(functools.partial(run_epoch, guard="unbatched"),
                                 functools.partial(run_epoch, guard="vmapped"))
