@@ -28,6 +28,9 @@ from jvae.distributions import (
 from jvae.io import checkpoint, data
 from jvae.models import (
     MLP,
+    DiscreteVAE,
+    MixedVAE,
+    SigmoidBeliefNet,
     WithBaseline,
     discrete_oracle,
     with_baseline,
@@ -126,6 +129,9 @@ __all__ = [
     "standard_normal",
     "analytic_kl",
     "kl_per_dim",
+    "DiscreteVAE",
+    "SigmoidBeliefNet",
+    "MixedVAE",
     "WithBaseline",
     "with_baseline",
     "discrete_oracle",

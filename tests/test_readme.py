@@ -23,3 +23,12 @@ def test_readme_gives_the_two_commands():
   assert 'pip install -e ".[test]" && python -m pytest -q' in text
   ci = (ROOT / ".ci" / "run").read_text()
   assert 'pip install -e ".[test]" && python -m pytest -q' in ci
+
+
+def test_readme_discrete_example_runs(capsys):
+  text = (ROOT / "README.md").read_text()
+  (code,) = re.findall(r"## Discrete latents\n.*?```python\n(.*?)```", text, re.S)
+  assert "(96, 784)" in code
+  exec(compile(code.replace("(96, 784)", "(48, 784)"), "README.md", "exec"), {})
+  value = float(capsys.readouterr().out.split("VIMCO IWAE_5:")[1])
+  assert math.isfinite(value) and value < 0

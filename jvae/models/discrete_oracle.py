@@ -14,6 +14,14 @@ score-function estimator (REINFORCE with each baseline, NVIL, VIMCO) is tested a
 
 With ``posterior="exact"`` the model proposes from the exact posterior p(z|x) itself (by
 enumeration at ``params``): every log-weight is then log p(x) and every K-sample bound equals it.
+
+With ``relaxation="concrete"`` (Maddison et al. 2017; Jang et al. 2017) the same parameters define a
+relaxed model: y ~ BinaryConcrete(Ax + c, τ) in logit space under q, y ~ BinaryConcrete(a, τ) under
+the prior, and p(x|y) = Bern(σ(Wσ(y) + b)). Its ``kl="sample"`` ELBO is a bound of that relaxed
+model; its ``kl="analytic"`` objective (with ``discrete_kl=True``: relaxed reconstruction minus the
+discrete KL, the Gumbel-softmax VAE objective of Jang et al.) tends to the discrete ELBO as τ → 0,
+which the tests check against :func:`exact_elbo`. ``"straight_through"`` feeds the decoder the hard
+1[y > 0] with the gradient of σ(y) (biased).
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jvae.distributions import discrete as _discrete
 from jvae.models.contract import Joint, Proposal, data_of
 
 Array = jax.Array
 
 POSTERIORS = ("factorized", "exact")
+RELAXATIONS = (None, "concrete", "straight_through")
 
 
 def _bern(z: Array, logits: Array) -> Array:
@@ -60,12 +70,23 @@ class EnumerableBernoulli:
     posterior: ``"factorized"`` (the amortized q above) or ``"exact"`` (sample the exact
       posterior: a check that every bound equals log p(x)).
     scale: standard deviation of the random initial weights.
+    relaxation: None (discrete), ``"concrete"`` or ``"straight_through"`` (module doc).
+    temperature: τ > 0 of the relaxation (a float or a traced scalar).
+    discrete_kl: with a relaxation, return the discrete KL as ``Proposal.kl`` (for
+      ``kl="analytic"``, Jang et al.'s objective, which is not a bound); off by default.
   """
 
   def __init__(self, *, num_latents: int = 8, num_pixels: int = 6,
-               posterior: str = "factorized", scale: float = 1.0):
+               posterior: str = "factorized", scale: float = 1.0, relaxation: str | None = None,
+               temperature=1.0, discrete_kl: bool = False):
     if posterior not in POSTERIORS:
       raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+    if relaxation not in RELAXATIONS:
+      raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+    if relaxation is not None and posterior != "factorized":
+      raise ValueError("a relaxation needs posterior='factorized'")
+    self.relaxation, self.temperature = relaxation, temperature
+    self.discrete_kl = discrete_kl
     if not 1 <= num_latents <= 12:
       raise ValueError(f"num_latents must be in [1, 12] to enumerate 2^L states, got "
                        f"{num_latents}")
@@ -84,6 +105,14 @@ class EnumerableBernoulli:
             "A": s * jax.random.normal(ks[3], (lat, pix)),
             "c": s * jax.random.normal(ks[4], (lat,))}
 
+  def at_temperature(self, temperature) -> EnumerableBernoulli:
+    """The same model at relaxation temperature τ (the trainer anneals through this)."""
+    if self.relaxation is None:
+      raise TypeError("at_temperature: this EnumerableBernoulli has no relaxation")
+    return EnumerableBernoulli(num_latents=self.num_latents, num_pixels=self.num_pixels,
+                               scale=self.scale, relaxation=self.relaxation,
+                               temperature=temperature, discrete_kl=self.discrete_kl)
+
   def q_logits(self, params, x: Array) -> Array:
     """The factorized q's logits σ⁻¹ q(z_l = 1|x), ``(batch, L)``."""
     return x @ params["A"].T + params["c"]
@@ -100,18 +129,35 @@ class EnumerableBernoulli:
       log_q_score = jnp.take_along_axis(log_post, idx.T, axis=1).T
       return Proposal(z, log_q, log_q_score=log_q_score)
     logits = self.q_logits(params, x)
+    prior_logits = jnp.broadcast_to(params["prior_logits"], logits.shape)
+    if self.relaxation is not None:
+      d_logits = logits if density_params is None else self.q_logits(density_params, x)
+      y = _discrete.binary_concrete_sample(key, logits, self.temperature,
+                                           num_samples=num_samples)
+      log_q = _discrete.binary_concrete_log_prob(y, d_logits, self.temperature, event_ndims=1)
+      if not self.discrete_kl:
+        return Proposal(y, log_q)
+      kl_groups = _bernoulli_kl(logits, prior_logits)
+      return Proposal(y, log_q, kl=jnp.sum(kl_groups, -1), kl_groups=kl_groups)
     u = jax.random.uniform(key, (num_samples, *logits.shape))
     z = jax.lax.stop_gradient((u < jax.nn.sigmoid(logits)).astype(jnp.float32))
     d_logits = logits if density_params is None else self.q_logits(density_params, x)
-    kl_groups = _bernoulli_kl(logits, jnp.broadcast_to(params["prior_logits"], logits.shape))
+    kl_groups = _bernoulli_kl(logits, prior_logits)
     return Proposal(z, _bern(z, d_logits), kl=jnp.sum(kl_groups, -1), kl_groups=kl_groups,
                     log_q_score=_bern(z, logits))
 
   def log_joint(self, params, batch, z: Array) -> Joint:
     x = data_of(batch)
+    prior_logits = jnp.broadcast_to(params["prior_logits"], z.shape)
+    if self.relaxation is not None:
+      soft = jax.nn.sigmoid(z)
+      h = (soft if self.relaxation == "concrete"
+           else _discrete.straight_through(_discrete.hard_bernoulli(z), soft))
+      log_prior = _discrete.binary_concrete_log_prob(z, prior_logits, self.temperature,
+                                                     event_ndims=1)
+      return Joint(_bern(x, h @ params["W"].T + params["b"]), log_prior)
     log_lik = _bern(x, z @ params["W"].T + params["b"])
-    log_prior = _bern(z, jnp.broadcast_to(params["prior_logits"], z.shape))
-    return Joint(log_lik, log_prior)
+    return Joint(log_lik, _bern(z, prior_logits))
 
 
 def _log_joint_states(model: EnumerableBernoulli, params, x: Array) -> Array:
