@@ -31,6 +31,7 @@ SUITES = {
         "evaluation": ["--quick"],
         "seeds": ["--quick"],
         "snr": ["--quick"],
+        "discrete": ["--quick"],
     },
     "full": {
         "headline": [],
@@ -39,11 +40,12 @@ SUITES = {
         "evaluation": [],
         "seeds": [],
         "snr": [],
+        "discrete": [],
         "nll": ["--epochs", "10", "--experiments", "vae1", "iwae5", "iwae50", "iwae50dreg",
                 "vae1iaf", "vae1_2l", "iwae5_2l", "iwae50_2l", "lvae1"],
     },
 }
-PLOTS = {"seeds", "snr"}
+PLOTS = {"seeds", "snr", "discrete"}
 
 
 def run_suite(suite: str, tag: str | None, only: list[str] | None) -> list[str]:

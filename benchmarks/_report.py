@@ -178,6 +178,53 @@ def nll(rec):
   return lines
 
 
+def discrete(rec):
+  oracle = rec.get("oracle", [])
+  ks = sorted({r["k"] for r in oracle})
+  names = []
+  for r in oracle:
+    if r["estimator"] not in names:
+      names.append(r["estimator"])
+  val = {(r["estimator"], r["k"]): r for r in oracle}
+  lines = ["Encoder-gradient variance (sum over the encoder's parameters) on the exact discrete "
+           f"oracle (8 binary latents), {rec.get('keys')} gradient draws per cell; K = 1 is the "
+           "ELBO (relative bias |E g − ∇ELBO| / |∇ELBO| against the exact gradient in brackets: "
+           "Monte-Carlo noise for the unbiased score-function estimators, a real bias for the "
+           "relaxations at τ = 0.5), K ≥ 2 the IWAE_K bound.", "",
+           "| estimator | " + " | ".join(f"K = {k}" for k in ks) + " |",
+           "|---" * (len(ks) + 1) + "|"]
+  for name in names:
+    cells = []
+    for k in ks:
+      r = val.get((name, k))
+      if r is None:
+        cells.append("–")
+        continue
+      cell = f"{r['encoder_variance']:.3g}"
+      if "relative_bias" in r:
+        cell += f" ({r['relative_bias']:.2f})"
+      cells.append(cell)
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  budget = rec.get("sbn_budget", {})
+  sbn = rec.get("sbn", [])
+  if sbn:
+    lines += ["", "Sigmoid belief network (one layer of 200 binary units, linear), each estimator "
+              f"trained for {budget.get('epochs')} epoch(s) on "
+              f"{budget.get('train_size') or 'all 50,000'} training images (Adam "
+              f"{budget.get('lr')}, batch {budget.get('batch_size')}); test NLL by "
+              f"`log_marginal` with K = {budget.get('test_samples')} on "
+              f"{budget.get('test_images')} test images. The NVIL and VIMCO papers trained "
+              "far longer, so their figures are not comparable and not shown.", "",
+              "| estimator | bound | K | steps | test NLL | ± s.e. | train time (s) |",
+              "|---|---|---|---|---|---|---|"]
+    for r in sbn:
+      label = r["run"]
+      lines.append(f"| {label} | {r['bound']} | {r['k']} | {r['steps']} | {r['test_nll']:.2f} | "
+                   f"{r['mc_stderr']:.2f} | {r['train_seconds']:.0f} |")
+  lines += ["", f"Wall time of the whole benchmark: {_f(rec.get('wall_seconds'), '{:.0f}')} s."]
+  return lines
+
+
 def headline(rec):
   rounds = ", ".join(f"{s:.1f}" for s in rec.get("seconds", []))
   return [f"`{rec.get('command')}` (README's main job: digits, 100 epochs, compilation and the "
@@ -193,6 +240,8 @@ SECTIONS = [("headline", "The main job", "benchmarks/headline.py", headline),
              evaluation),
             ("seeds", "Many seeds in one program", "benchmarks/seeds.py", seeds),
             ("snr", "Gradient signal-to-noise ratio against K", "benchmarks/snr.py", snr),
+            ("discrete", "Discrete latents: score-function estimators", "benchmarks/discrete.py",
+             discrete),
             ("nll", "Test log-likelihood on binarized MNIST", "benchmarks/nll.py", nll)]
 
 

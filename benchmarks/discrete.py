@@ -121,7 +121,7 @@ def oracle_rows(ks, num_keys: int, seed: int = 0):
 SBN_RUNS = {
     "nvil": dict(bound="elbo", k=1, estimator="score", baseline="nvil"),
     "reinforce_ema": dict(bound="elbo", k=1, estimator="score", baseline="ema"),
-    "vimco5": dict(bound="iwae", k=5, estimator="vimco"),
+    "vimco5": dict(bound="iwae", k=5, estimator="vimco", baseline=None),
 }
 
 
@@ -136,10 +136,11 @@ def sbn_rows(names, *, epochs: int, batch_size: int, lr: float, test_images: int
   for name in names:
     spec = SBN_RUNS[name]
     model = jvae.SigmoidBeliefNet(event_shape=(784,), layers=(200,))
-    if spec["baseline"] == "nvil":
+    if spec.get("baseline") == "nvil":
       model = jvae.with_baseline(model, hidden=(100,))
     if spec["bound"] == "elbo":
-      f = jvae.elbo(model, kl="sample", estimator=spec["estimator"], baseline=spec["baseline"])
+      f = jvae.elbo(model, kl="sample", estimator=spec["estimator"],
+                    baseline=spec.get("baseline"))
     else:
       f = jvae.iwae(model, num_samples=spec["k"], estimator=spec["estimator"])
     tr = jvae.trainer(f, optax.adam(lr), batch_size=batch_size)
@@ -195,9 +196,9 @@ def main(argv=None):
   p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 5, 10, 50])
   p.add_argument("--keys", type=int, default=2000)
   p.add_argument("--runs", nargs="*", default=list(SBN_RUNS), choices=list(SBN_RUNS))
-  p.add_argument("--epochs", type=int, default=10)
+  p.add_argument("--epochs", type=int, default=5)
   p.add_argument("--batch-size", type=int, default=24)
-  p.add_argument("--lr", type=float, default=3e-4)
+  p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--train-size", type=int, default=None, help="first N training images")
   p.add_argument("--test-images", type=int, default=10000)
   p.add_argument("--test-samples", type=int, default=5000)
