@@ -6,7 +6,7 @@ import pathlib
 import re
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-LAYERS = ["bounds", "distributions", "models", "objectives", "training", "io", "cli"]
+LAYERS = ["bounds", "distributions", "models", "objectives", "training", "inference", "io", "cli"]
 
 
 def test_write_your_own_model_example_runs(capsys):
@@ -36,6 +36,7 @@ def _imported_subpackages(path: pathlib.Path) -> set[str]:
 def test_each_layer_imports_only_the_layers_above_it():
   """The package tree shows the layers: a module never imports from a later layer."""
   rank = {name: i for i, name in enumerate(LAYERS)}
+  rank["inference"] = rank["training"]  # both layer 5
   rank["cli"] = rank["io"]  # both layer 6
   bad = []
   for layer in LAYERS:
