@@ -32,6 +32,7 @@ SUITES = {
         "seeds": ["--quick"],
         "snr": ["--quick"],
         "discrete": ["--quick"],
+        "m2": ["--quick"],
     },
     "full": {
         "headline": [],
@@ -41,6 +42,7 @@ SUITES = {
         "seeds": [],
         "snr": [],
         "discrete": [],
+        "m2": [],
         "nll": ["--epochs", "10", "--experiments", "vae1", "iwae5", "iwae50", "iwae50dreg",
                 "vae1iaf", "vae1_2l", "iwae5_2l", "iwae50_2l", "lvae1"],
     },

@@ -9,7 +9,7 @@ import pathlib
 BOUNDS = ("elbo", "iwae", "renyi", "miwae", "ciwae", "piwae")
 VAE_MODELS = ("mlp", "kingma2014", "burda2015")  # one stochastic layer: take --prior
 LAYERED_MODELS = ("burda2015_2layer", "lvae")  # several stochastic layers: no closed-form KL
-MODELS = (*VAE_MODELS, *LAYERED_MODELS, "cvae")
+MODELS = (*VAE_MODELS, *LAYERED_MODELS, "cvae", "m2")
 PRIORS = ("standard", "learned", "mixture", "vamp")
 POSTERIORS = ("gaussian", "fullcov", "iaf")
 ESTIMATORS = ("reparam", "stl", "dreg")
@@ -51,9 +51,12 @@ class UsageError(ValueError):
   """An impossible combination of options: reported as a usage error, not a traceback."""
 
 
-LATENT_DIMS = {"mlp": 8, "kingma2014": 20, "burda2015": 50, "cvae": 20}  # default size of z
+LATENT_DIMS = {"mlp": 8, "kingma2014": 20, "burda2015": 50, "cvae": 20, "m2": 50}  # size of z
 # The default --hidden of the models that take it (for layered models: one width per layer).
-HIDDEN = {"mlp": (128, 64), "cvae": (500,), "burda2015_2layer": (200, 100), "lvae": (512, 256)}
+HIDDEN = {"mlp": (128, 64), "cvae": (500,), "burda2015_2layer": (200, 100), "lvae": (512, 256),
+          "m2": (500,)}
+# The data sets with class labels, for --model m2 (binarized MNIST has none).
+LABELLED_DATASETS = ("digits",)
 # The default --latent-dims of the layered models, (d_1, …, d_L).
 LAYER_LATENT_DIMS = {"burda2015_2layer": (100, 50), "lvae": (64, 32)}
 DEFAULT_VAMP_COMPONENTS = 50
@@ -72,14 +75,18 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
                "burda2015_2layer: two stochastic layers, 784-(200,200)-100-(100,100)-50 "
                "(Burda et al. 2015); lvae: a ladder VAE (Sønderby et al. 2016), blocks of two "
                "layers 512, 256, latents 64, 32; cvae: a conditional VAE (Sohn et al. 2015), on "
-               "the one-hot label for --data digits, on --observed-quadrants for MNIST"),
+               "the one-hot label for --data digits, on --observed-quadrants for MNIST; m2: the "
+               "semi-supervised model of Kingma et al. 2014 (q(y|x), q(z|x,y), p(x|y,z); "
+               "--data digits, --labels N labelled training points, --hidden default 500, "
+               "--latent-dim default 50)"),
       add("--hidden", type=_positive_int, nargs="+", default=None,
-          help="hidden widths: mlp (default 128 64) and cvae (default 500): the encoder's "
-               "layers, mirrored in the decoder; burda2015_2layer (default 200 100) and lvae "
+          help="hidden widths: mlp (default 128 64), cvae and m2 (default 500): the encoder's "
+               "layers (and m2's classifier's), mirrored in the decoder; burda2015_2layer "
+               "(default 200 100) and lvae "
                "(default 512 256): one width per stochastic layer, for its networks of two "
                "layers of that width"),
       add("--latent-dim", type=_positive_int, default=None,
-          help="size of z (default: mlp 8, kingma2014 20, burda2015 50, cvae 20)"),
+          help="size of z (default: mlp 8, kingma2014 20, burda2015 50, cvae 20, m2 50)"),
       add("--latent-dims", type=_positive_int, nargs="+", default=None, metavar="D",
           help="sizes d_1 … d_L of the stochastic layers of burda2015_2layer (default 100 50) "
                "and lvae (default 64 32); as many as --hidden widths"),
@@ -97,6 +104,12 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
           metavar="Q", help="--model cvae on MNIST: the quadrants given as c (0 top-left, "
                             "1 top-right, 2 bottom-left, 3 bottom-right; default 0); x is the "
                             "rest of the image"),
+      add("--labels", type=_positive_int, default=None, metavar="N",
+          help="--model m2: the number of labelled training points (balanced over classes, "
+               "chosen with --seed; e.g. 100); the others are used unlabelled"),
+      add("--classifier-weight", type=_nonneg_float, default=None, metavar="A",
+          help="--model m2: the weight α of log q(y|x) at each labelled point (Kingma et al. "
+               "2014, Eq. 9); default 0.1·N/N_labels, the paper's α = 0.1·N"),
       add("--posterior", choices=POSTERIORS, default="gaussian"),
       add("--iaf-steps", type=_nonneg_int, default=2),
       add("--bound", choices=BOUNDS, default="elbo"),
@@ -248,7 +261,9 @@ def _option_problems(o: dict, given: set[str]) -> list[str]:
   if post != "iaf" and "iaf_steps" in given:
     out.append(f"--iaf-steps applies to --posterior iaf only, not {post}")
   if bound != "renyi" and "alpha" in given:
-    out.append(f"--alpha applies to --bound renyi only, not {bound}")
+    out.append(f"--alpha applies to --bound renyi only, not {bound}"
+               + ("; the weight of m2's classification term is --classifier-weight"
+                  if o["model"] == "m2" else ""))
   if bound != "ciwae" and "elbo_weight" in given:
     out.append(f"--elbo-weight applies to --bound ciwae only, not {bound}")
   if o["elbo_weight"] > 1:
@@ -283,8 +298,8 @@ def _model_problems(o: dict, given: set[str]) -> list[str]:
   model, post, prior = o["model"], o["posterior"], o["prior"]
   out = []
   if model not in HIDDEN and "hidden" in given:
-    out.append(f"--hidden applies to --model mlp only (and to burda2015_2layer, lvae and cvae): "
-               f"--model {model} has fixed widths")
+    out.append(f"--hidden applies to --model mlp only (and to burda2015_2layer, lvae, cvae and "
+               f"m2): --model {model} has fixed widths")
   if model in LAYERED_MODELS:
     if "latent_dim" in given:
       out.append(f"--latent-dim applies to the models with one stochastic layer; --model {model} "
@@ -297,11 +312,15 @@ def _model_problems(o: dict, given: set[str]) -> list[str]:
   elif "latent_dims" in given:
     out.append(f"--latent-dims applies to --model burda2015_2layer and lvae only; --model {model} "
                "takes --latent-dim")
-  if model in ("lvae", "cvae") and post != "gaussian":
+  out += _semi_supervised_problems(o, given)
+  if model in ("lvae", "cvae", "m2") and post != "gaussian":
     out.append(f"--posterior {post}: --model {model} has a Gaussian posterior only")
   if model == "cvae" and "prior" in given:
     out.append("--prior applies to --model mlp, kingma2014 and burda2015 only: --model cvae has "
                "its own learned prior p(z|c)")
+  elif model == "m2" and "prior" in given:
+    out.append("--prior applies to --model mlp, kingma2014 and burda2015 only: --model m2 has "
+               "p(z) = N(0, I) and a uniform p(y)")
   elif model in LAYERED_MODELS and prior != "standard":
     out.append(f"--prior {prior} applies to --model mlp, kingma2014 and burda2015 only: "
                f"--model {model} has p(z_L) = N(0, I)")
@@ -321,10 +340,32 @@ def _model_problems(o: dict, given: set[str]) -> list[str]:
   return out
 
 
+def _semi_supervised_problems(o: dict, given: set[str]) -> list[str]:
+  """The options of the semi-supervised --model m2 (and their absence elsewhere)."""
+  model = o["model"]
+  if model != "m2":
+    return [f"--{name.replace('_', '-')} applies to --model m2 only, not {model}"
+            for name in ("labels", "classifier_weight") if name in given]
+  out = []
+  if o.get("labels") is None:
+    out.append("--model m2 needs --labels N, the number of labelled training points (e.g. 100)")
+  if o["data"] not in LABELLED_DATASETS:
+    out.append(f"--model m2 needs class labels, which --data {o['data']} does not have (the "
+               f"binarized MNIST files carry none); use --data {' or '.join(LABELLED_DATASETS)}")
+  if o["bound"] != "elbo":
+    out.append(f"--model m2 trains its semi-supervised ELBO (Kingma et al. 2014, Eq. 9), not "
+               f"--bound {o['bound']}")
+  if o["estimator"] not in ("reparam", "stl"):
+    out.append(f"--model m2 takes --estimator reparam or stl, not {o['estimator']}")
+  return out
+
+
 def _free_bits_problems(o: dict, bound: str, post: str) -> list[str]:
   fb, groups = o["free_bits"], o["free_bits_groups"]
   if fb is None:
     return ["--free-bits-groups needs --free-bits"] if groups is not None else []
+  if o["model"] == "m2":
+    return ["--free-bits does not apply to --model m2 (its KL includes the label's)"]
   out = []
   if bound != "elbo":
     out.append(f"--free-bits applies to --bound elbo only, not {bound}")

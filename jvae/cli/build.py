@@ -8,9 +8,14 @@ One place for every model family the command line trains:
   ``--latent-dims`` entry (no closed-form KL: their ELBO samples it).
 * ``cvae``: :func:`jvae.cvae` on ``Batch(x, c)`` data: c the one-hot label on digits, the
   ``--observed-quadrants`` of the image on MNIST (x the rest).
+* ``m2``: the semi-supervised model of Kingma et al. (2014) on ``Batch(x, y, mask)`` digits,
+  ``--labels`` of the training points labelled (chosen with ``--seed``, balanced over classes);
+  trained on :func:`jvae.objectives.semi_supervised.semi_supervised_elbo`, validated and tested
+  on the unlabelled bound U(x).
 
 A run's data is a :class:`RunData`: three splits of arrays x, or of ``jvae.Batch(x, c)`` for a
-conditional model, with a leading example axis; code that slices them uses ``tree_map``.
+conditional model, or ``jvae.Batch(x, y, mask)`` for a semi-supervised one, with a leading
+example axis; code that slices them uses ``tree_map``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ import jvae
 from jvae.cli import args as _cli
 from jvae.io import conditional_data as _cdata
 from jvae.io import data as _data
+from jvae.io import semi_supervised as _sdata
 from jvae.models.contract import num_examples
+from jvae.models.m2 import m2 as _m2
+from jvae.objectives import semi_supervised as _semi
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +49,8 @@ class RunData:
     conditioning: None (x alone), ``"label"`` (c one-hot labels) or ``"quadrants"`` (c the
       observed quadrants of the image).
     mask: for ``"quadrants"``, the ``(h, w)`` bool mask, True on the pixels in c.
+    num_classes: for semi-supervised data (``Batch(x, y, mask)``, ``--model m2``), the number
+      of classes of y; else None.
   """
 
   name: str
@@ -51,6 +61,7 @@ class RunData:
   image_shape: tuple[int, int] | None
   conditioning: str | None = None
   mask: np.ndarray | None = None
+  num_classes: int | None = None
 
   @property
   def cond_dim(self) -> int:
@@ -73,7 +84,15 @@ def size(data) -> int:
 
 
 def load_data(cfg: dict) -> RunData:
-  """The data a config trains on: ``--data``, as ``Batch(x, c)`` splits for ``--model cvae``."""
+  """The data a config trains on: ``--data``, as ``Batch(x, c)`` splits for ``--model cvae``,
+  ``Batch(x, y, mask)`` splits with ``--labels`` labelled training points for ``--model m2``.
+
+  Raises:
+    UsageError: ``--model m2`` on data without labels, or ``--labels`` the training set cannot
+      give (more than its size, or more of a class than it has).
+  """
+  if cfg["model"] == "m2":
+    return _semi_supervised_data(cfg)
   if cfg["model"] != "cvae":
     ds = _data.load(cfg["data"])
     return RunData(cfg["data"], ds.train, ds.valid, ds.test, tuple(ds.event_shape),
@@ -87,6 +106,37 @@ def load_data(cfg: dict) -> RunData:
   splits = _cdata.mnist_quadrants(ds, observed=observed)
   return RunData(cfg["data"], *splits, splits.event_shape, tuple(ds.image_shape),
                  conditioning="quadrants", mask=_cdata.quadrant_mask(ds.image_shape, observed))
+
+
+def _semi_supervised_data(cfg: dict) -> RunData:
+  if cfg["data"] not in _cli.LABELLED_DATASETS:
+    raise _cli.UsageError(f"--model m2 needs class labels, which --data {cfg['data']} does not "
+                          f"have; use --data {' or '.join(_cli.LABELLED_DATASETS)}")
+  if cfg.get("labels") is None:
+    raise _cli.UsageError("--model m2 needs --labels N, the number of labelled training points")
+  try:
+    splits = _sdata.digits_semi_supervised(num_labels=cfg["labels"], seed=cfg["seed"])
+  except ValueError as err:
+    raise _cli.UsageError(f"--labels {cfg['labels']}: {err}") from None
+  return RunData(cfg["data"], splits.train, splits.valid, splits.test, splits.event_shape,
+                 _square(splits.event_shape), num_classes=splits.num_classes)
+
+
+def classifier_weight(cfg: dict, data) -> float:
+  """α of ``--model m2``: ``--classifier-weight``, else Kingma et al.'s 0.1·N/N_labels.
+
+  Args:
+    cfg: the run's config.
+    data: its :class:`RunData` (N is the size of its training split), or None when
+      ``--classifier-weight`` is given.
+  """
+  if cfg.get("classifier_weight") is not None:
+    return float(cfg["classifier_weight"])
+  if cfg.get("labels") is None:
+    raise ValueError("--model m2 needs --labels N, the number of labelled training points")
+  if not isinstance(data, RunData):
+    raise ValueError("the default --classifier-weight of --model m2 needs the run's data")
+  return _semi.kingma_alpha(num_examples=size(data.train), num_labels=cfg["labels"])
 
 
 def _square(event_shape) -> tuple[int, int]:
@@ -103,6 +153,12 @@ def build_model(cfg: dict, data):
   """
   event_shape = tuple(data.event_shape if isinstance(data, RunData) else data)
   model = cfg["model"]
+  if model == "m2":
+    classes = data.num_classes if isinstance(data, RunData) and data.num_classes else (
+        _sdata.DIGITS_CLASSES)
+    return _m2(event_shape=event_shape, num_classes=classes,
+               latent_dim=_cli.latent_size(model, cfg["latent_dim"]),
+               hidden=tuple(cfg["hidden"] or _cli.HIDDEN[model]))
   if model == "cvae":
     if not isinstance(data, RunData) or data.conditioning is None:
       raise ValueError("--model cvae needs conditional data (its RunData)")
@@ -137,9 +193,21 @@ def build_model(cfg: dict, data):
   return jvae.VAE(base.encoder, base.decoder, prior=p)
 
 
-def build_bound(model, cfg: dict, *, for_training: bool):
-  """The objective a config trains (``for_training``) or validates with (no free bits)."""
+def build_bound(model, cfg: dict, *, for_training: bool, data=None):
+  """The objective a config trains (``for_training``) or validates with (no free bits).
+
+  For ``--model m2``: the semi-supervised ELBO (training; ``data``, the run's :class:`RunData`,
+  gives the default ``--classifier-weight``) or the unlabelled bound U(x) (validation).
+  """
   bound, k, est = cfg["bound"], cfg["num_samples"], cfg["estimator"]
+  if cfg["model"] == "m2":
+    if bound != "elbo" or cfg["free_bits"] is not None:
+      raise ValueError("--model m2 trains its semi-supervised ELBO: --bound elbo, no --free-bits")
+    kl = _cli.resolve_kl(cfg)
+    if not for_training:
+      return _semi.unlabelled_elbo(model, num_samples=k, kl=kl)
+    return _semi.semi_supervised_elbo(model, alpha=classifier_weight(cfg, data), num_samples=k,
+                                      kl=kl, estimator=est)
   if bound == "elbo":
     kl = _cli.resolve_kl(cfg)
     if not for_training:

@@ -6,7 +6,12 @@ A run directory holds ``config.json``, ``metrics.jsonl`` (a line per epoch and s
 non-finite number written as ``null``. How run directories are claimed, resumed and cleaned up
 is in :mod:`jvae.cli.rundir`; the data, model and objectives a config describes (every model
 family: VAEs with learned priors, hierarchical and ladder VAEs, the conditional VAE on ``Batch``
-data) are built in :mod:`jvae.cli.build`.
+data, the semi-supervised M2) are built in :mod:`jvae.cli.build`.
+
+For ``--model m2`` the summary's test bound is the unlabelled bound U(x) (``elbo``: y summed
+out, a bound on log p(x)), beside the test classification error of q(y|x)
+(``test_classification_error``), each per seed and over seeds; ``jvae eval`` estimates log p(x)
+= log Σ_y p(x, y) by importance sampling with y enumerated and also reports the error.
 """
 
 from __future__ import annotations
@@ -23,18 +28,30 @@ import optax
 import jvae
 from jvae.cli import args as _cli
 from jvae.cli import rundir
-from jvae.cli.build import RunData, build_bound, build_model, complete_config, load_data, size, take
+from jvae.cli.build import (
+    RunData,
+    build_bound,
+    build_model,
+    classifier_weight,
+    complete_config,
+    load_data,
+    size,
+    take,
+)
 from jvae.io import checkpoint, files
 from jvae.io import conditional_data as _cdata
 from jvae.io import images as _images
 from jvae.training import parallel as _parallel
 from jvae.io.data import DataIntegrityError
+from jvae.models.contract import data_of
+from jvae.objectives import semi_supervised as _semi
 
 __all__ = ["DataIntegrityError", "Run", "RunData", "RunError", "UsageError", "build_bound",
            "build_model"]
 
 CONFIG_KEYS = ("data", "model", "hidden", "latent_dim", "latent_dims", "prior", "vamp_components",
-               "prior_components", "observed_quadrants", "posterior", "iaf_steps", "bound",
+               "prior_components", "observed_quadrants", "labels", "classifier_weight",
+               "posterior", "iaf_steps", "bound",
                "num_samples", "groups", "alpha", "elbo_weight", "kl", "estimator",
                "warmup_steps", "beta", "free_bits", "free_bits_groups", "epochs", "batch_size",
                "lr", "optimizer", "patience", "seed", "seeds", "devices", "parallel",
@@ -64,8 +81,8 @@ class Run:
     _check_config(cfg, size(self.data.train))
     try:
       self.model = build_model(cfg, self.data)
-      self.objective = build_bound(self.model, cfg, for_training=True)
-      self.valid_bound = build_bound(self.model, cfg, for_training=False)
+      self.objective = build_bound(self.model, cfg, for_training=True, data=self.data)
+      self.valid_bound = build_bound(self.model, cfg, for_training=False, data=self.data)
     except ValueError as err:
       raise UsageError(str(err)) from err
     sharding = None
@@ -234,11 +251,16 @@ def _fit(run: Run, run_dir: pathlib.Path, state, args):
 
 def _print_result(cfg: dict, summary: dict, run_dir: pathlib.Path) -> None:
   final, bound_name = summary["test"], summary["test_bound_name"]
+  error = summary.get("test_classification_error")
   if cfg["seeds"] == 1:
-    print(f"test {bound_name}: {final['mean']:.3f} nats   (run directory: {run_dir})")
+    extra = "" if error is None else f", classification error {100 * error['mean']:.2f}%"
+    print(f"test {bound_name}: {final['mean']:.3f} nats{extra}   (run directory: {run_dir})")
   else:
+    extra = "" if error is None else (
+        f"; classification error {100 * error['mean']:.2f}% ± {100 * error['std']:.2f}% (95% CI "
+        f"{100 * error['ci_low']:.2f}% … {100 * error['ci_high']:.2f}%)")
     print(f"test {bound_name} over {cfg['seeds']} seeds: {final['mean']:.3f} ± {final['std']:.3f}"
-          f" (95% CI {final['ci_low']:.3f} … {final['ci_high']:.3f})   (run directory: "
+          f" (95% CI {final['ci_low']:.3f} … {final['ci_high']:.3f}){extra}   (run directory: "
           f"{run_dir})")
 
 
@@ -254,11 +276,15 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
   cfg = run.cfg
   k = cfg["eval_samples"] or 100
   test_x = jax.tree_util.tree_map(jnp.asarray, run.data.test)
+  # Seed i's key is that of a one-seed run of seed + i.
+  keys = jnp.stack([jax.random.key(cfg["seed"] + i + 10**6) for i in range(cfg["seeds"])])
+  if run.data.num_classes is not None:
+    summary = _semi_supervised_summary(run, state, test_x, keys)
+    _write_pictures(run, state, run_dir)
+    return summary
   bounds = {"elbo": run.valid_bound if cfg["bound"] == "elbo" else
             jvae.elbo(run.model, kl="sample"),
             f"iwae_{k}": jvae.iwae(run.model, num_samples=k)}
-  # Seed i's key is that of a one-seed run of seed + i.
-  keys = jnp.stack([jax.random.key(cfg["seed"] + i + 10**6) for i in range(cfg["seeds"])])
   per_seed = {}
   for name, bound in bounds.items():
     def one(params, key, bound=bound):
@@ -279,6 +305,13 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
   }
   if kl_per_group is not None:
     summary["test_kl_groups"] = kl_per_group.tolist()
+  _write_pictures(run, state, run_dir)
+  return summary
+
+
+def _write_pictures(run: Run, state, run_dir: pathlib.Path) -> None:
+  """``samples.png`` and ``reconstructions.png`` of seed 0's best params."""
+  cfg = run.cfg
   params0 = _seed_params(state.best_params, 0)
   scale = _scale(run.data.image_shape)
   _images.write_png(run_dir / "samples.png",
@@ -286,7 +319,35 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
   _images.write_png(run_dir / "reconstructions.png",
                     reconstruction_grid(run, params0, jax.random.key(cfg["seed"] + 1)),
                     scale=scale)
-  return summary
+
+
+def _semi_supervised_summary(run: Run, state, test_x, keys) -> dict:
+  """The summary of an m2 run: test U(x) and classification error, per seed and over seeds.
+
+  ``elbo`` is the unlabelled bound U(x) (y summed out; the validation bound), the test bound;
+  ``classification_error`` the fraction of test points whose argmax q(y|x) is not their label.
+  """
+  metrics = {"elbo": run.valid_bound, "classification_error": _semi.classification_error(run.model)}
+  per_seed = {}
+  for name, metric in metrics.items():
+    def one(params, key, metric=metric):
+      return jvae.evaluate(metric, params, key, test_x, batch_size=100)
+
+    per_seed[name] = np.asarray(jax.jit(jax.vmap(one))(state.best_params, keys))
+  summary = {name: jvae.summarize(vals) for name, vals in per_seed.items()}
+  return {
+      "test_bound_name": "elbo",
+      "test": summary["elbo"],
+      "test_classification_error": summary["classification_error"],
+      "per_seed": {name: vals.tolist() for name, vals in per_seed.items()},
+      "summary": summary,
+      "num_labels": int(np.sum(np.asarray(run.data.train.mask))),
+      "classifier_weight": classifier_weight(run.cfg, run.data),
+      "best_epoch": np.asarray(state.best_epoch).tolist(),
+      "best_valid_bound": np.asarray(state.best_value).tolist(),
+      "epochs_run": int(state.epoch),
+      "nonfinite_steps": np.asarray(state.train.nonfinite).tolist(),
+  }
 
 
 def _test_kl_groups(run: Run, best_params, test_x, keys):
@@ -317,8 +378,15 @@ def sample_grid(run: Run, params, key, n: int) -> np.ndarray:
     top), from :func:`jvae.io.conditional_data.class_conditional_grid`.
   * ``cvae`` on quadrants: completions of ``n`` test images spread over the test set: each
     image's observed quadrants c with the mean of p(x|z, c), z ~ p(z|c), in the rest.
+  * ``m2``: ``ceil(n / classes)`` means of p(x|y, z), z ~ N(0, I), per class y, a row per class.
   """
   model, data = run.model, run.data
+  if data.num_classes is not None:  # m2: p(x|y, z), z ~ N(0, I), a row per class y
+    k = data.num_classes
+    per_class = -(-n // k)
+    y = np.repeat(np.arange(k, dtype=np.int32), per_class)
+    x = np.asarray(jax.jit(model.generate)(params, key, jnp.asarray(y)))
+    return _images.tile(x.reshape(len(y), *data.image_shape), ncols=per_class)
   if data.conditioning == "label":
     k = data.cond_dim
     per_class = -(-n // k)
@@ -336,7 +404,8 @@ def reconstruction_grid(run: Run, params, key) -> np.ndarray:
   """The labelled uint8 picture of ``reconstructions.png``.
 
   Row "data": 16 test images spread over the test set; row "recon": ``model.reconstruct``, the
-  mean of p(x|z) at z ~ q(z|x) (for a cvae, of p(x|z, c) at z ~ q(z|x, c)). For quadrant
+  mean of p(x|z) at z ~ q(z|x) (for a cvae, of p(x|z, c) at z ~ q(z|x, c); for m2, of
+  p(x|ŷ, z) at z ~ q(z|x, ŷ), ŷ the classifier's label). For quadrant
   completion both rows show whole images: the observed quadrants c with the true pixels x, and c
   with the model's x.
   """
@@ -348,7 +417,7 @@ def reconstruction_grid(run: Run, params, key) -> np.ndarray:
     truth = _cdata.merge_quadrants(batch.x, batch.c, data.mask)
     recon = _cdata.merge_quadrants(recon, batch.c, data.mask)
   else:
-    truth = np.asarray(batch.x if data.conditioning else batch)
+    truth = np.asarray(data_of(batch))
   h, w = data.image_shape
   both = np.concatenate([truth.reshape(-1, h, w), recon.reshape(-1, h, w)])
   return _images.label_rows(_images.tile(both, ncols=len(truth)), ["data", "recon"],
@@ -380,24 +449,34 @@ def evaluate_run(args, parser) -> int:
   x = run.data.split(args.split)
   if args.limit:
     x = take(x, slice(0, args.limit))
-  bound = jax.jit(jvae.log_marginal(run.model, num_samples=args.num_samples,
-                                    chunk_size=args.chunk_size, return_stderr=True))
+  semi = run.data.num_classes is not None
+  estimate = _semi.unlabelled_log_marginal if semi else jvae.log_marginal
+  bound = jax.jit(estimate(run.model, num_samples=args.num_samples, chunk_size=args.chunk_size,
+                           return_stderr=True))
+  error = jax.jit(_semi.classification_error(run.model)) if semi else None
   results = []
   for i in _seed_indices(run.cfg, args.seed_index):
     params = _seed_params(state.best_params, i)
     key = jax.random.key(run.cfg["seed"] + 2 * 10**6 + i)
-    values, stderrs = [], []
+    values, stderrs, wrong = [], [], []
     batches = range(0, size(x), args.batch_size)
     for j, start in enumerate(tqdm(batches, desc=f"seed {i}", disable=args.no_progress)):
       batch = jax.tree_util.tree_map(jnp.asarray, take(x, slice(start, start + args.batch_size)))
       v, se = bound(params, jax.random.fold_in(key, j), batch)
       values.append(np.asarray(v))
       stderrs.append(np.asarray(se))
-    results.append({"seed_index": i, **_eval_row(np.concatenate(values),
-                                                 np.concatenate(stderrs))})
+      if error is not None:
+        wrong.append(np.asarray(error(params, key, batch)))
+    row = {"seed_index": i, **_eval_row(np.concatenate(values), np.concatenate(stderrs))}
+    if error is not None:
+      row["classification_error"] = float(np.mean(np.concatenate(wrong)))
+    results.append(row)
   out = {"split": args.split, "num_samples": args.num_samples, "per_seed": results}
   if len(results) > 1:
     out["summary"] = jvae.summarize([r["log_likelihood"] for r in results])
+    if semi:
+      out["classification_error_summary"] = jvae.summarize(
+          [r["classification_error"] for r in results])
   print(files.dumps(out))
   return 0
 

@@ -3,6 +3,7 @@
 from jvae.models import discrete_oracle, oracles
 from jvae.models.baseline import WithBaseline, with_baseline
 from jvae.models.discrete import DiscreteVAE, MixedVAE, SigmoidBeliefNet
+from jvae.models.m2 import M2, Classifier, m2
 from jvae.models.conditional import ConditionalVAE, cvae
 from jvae.models.contract import Batch, Joint, LatentModel, Proposal
 from jvae.models.networks import MLP, Decoder, Encoder
@@ -24,5 +25,5 @@ __all__ = [
     "burda2015_2layer", "kingma2014", "lvae", "mlp_vae", "oracles",
     "ConditionalGaussianPrior", "LearnedGaussianPrior", "MixturePrior", "VampPrior",
     "prior_samples", "WithBaseline", "with_baseline", "discrete_oracle",
-    "DiscreteVAE", "SigmoidBeliefNet", "MixedVAE",
+    "DiscreteVAE", "SigmoidBeliefNet", "MixedVAE", "M2", "Classifier", "m2",
 ]
