@@ -33,6 +33,8 @@ SUITES = {
         "snr": ["--quick"],
         "discrete": ["--quick"],
         "m2": ["--quick"],
+        "gap": ["--quick"],
+        "ais": ["--quick"],
     },
     "full": {
         "headline": [],
@@ -43,6 +45,8 @@ SUITES = {
         "snr": [],
         "discrete": [],
         "m2": [],
+        "gap": [],
+        "ais": [],
         "nll": ["--epochs", "10", "--experiments", "vae1", "iwae5", "iwae50", "iwae50dreg",
                 "vae1iaf", "vae1_2l", "iwae5_2l", "iwae50_2l", "lvae1"],
     },

@@ -255,6 +255,31 @@ def m2(rec):
   return lines
 
 
+def gap(rec):
+  b, tr = rec.get("budget", {}), rec.get("training", {})
+  results = rec.get("results", {})
+  lines = [f"Inference gaps (Cremer et al. 2018) of `{rec.get('model')}` trained with the ELBO "
+           f"({tr.get('optimizer')}, batch {tr.get('batch_size')}) for {b.get('epochs')} epochs "
+           f"on {b.get('train_images')} {rec.get('data')} images (final train ELBO "
+           f"{_f((tr.get('train_elbo') or [None])[-1], '{:.2f}')}), on {b.get('test_points')} "
+           f"test points. L[q*]: {b.get('local_steps')} Adam steps per point from the encoder's "
+           f"q, {b.get('local_samples')} samples per step; every L estimated with "
+           f"{b.get('eval_samples')} samples; log p̂ by IWAE with K = {b.get('iwae_samples')} "
+           f"and by AIS ({b.get('ais_steps')} steps, {b.get('ais_chains')} chains). Nats, mean "
+           "± s.e. over the points (paired for the gaps). The factorized q* is the encoder's own "
+           "family, so its amortization gap is Cremer et al.'s.", "",
+           "| log p̂ by | log p̂(x) | L[q] | L[q*] fact. | L[q*] full cov. | approx. gap fact. "
+           "| approx. gap full cov. | amortization gap fact. |", "|---" * 8 + "|"]
+  for name, r in results.items():
+    m, s = r["mean"], r["stderr"]
+    cell = lambda k, m=m, s=s: f"{m[k]:.2f} ± {s[k]:.2f}"
+    lines.append(f"| {r.get('log_marginal', name)} | {cell('log_marginal')} | "
+                 f"{cell('elbo_amortized')} | {cell('elbo_local_gaussian')} | "
+                 f"{cell('elbo_local_full_cov')} | {cell('approximation_gap_gaussian')} | "
+                 f"{cell('approximation_gap_full_cov')} | {cell('amortization_gap_gaussian')} |")
+  return lines
+
+
 def headline(rec):
   rounds = ", ".join(f"{s:.1f}" for s in rec.get("seconds", []))
   return [f"`{rec.get('command')}` (README's main job: digits, 100 epochs, compilation and the "
@@ -273,6 +298,7 @@ SECTIONS = [("headline", "The main job", "benchmarks/headline.py", headline),
             ("discrete", "Discrete latents: score-function estimators", "benchmarks/discrete.py",
              discrete),
             ("m2", "Semi-supervised M2 with 100 labels", "benchmarks/m2.py", m2),
+            ("gap", "The amortization gap", "benchmarks/gap.py", gap),
             ("nll", "Test log-likelihood on binarized MNIST", "benchmarks/nll.py", nll)]
 
 

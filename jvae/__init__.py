@@ -25,6 +25,17 @@ from jvae.distributions import (
     made_masks,
     standard_normal,
 )
+from jvae import inference
+from jvae.inference import (
+    ais_log_marginal,
+    amortization_gap,
+    bdmc,
+    hmc_posterior,
+    mcmc_em,
+    optimize_local,
+    semi_amortized_elbo,
+    variational_em,
+)
 from jvae.io import checkpoint, data
 from jvae.models import (
     MLP,
@@ -138,6 +149,15 @@ __all__ = [
     "standard_normal",
     "analytic_kl",
     "kl_per_dim",
+    "inference",
+    "hmc_posterior",
+    "ais_log_marginal",
+    "bdmc",
+    "mcmc_em",
+    "optimize_local",
+    "variational_em",
+    "semi_amortized_elbo",
+    "amortization_gap",
     "M2",
     "Classifier",
     "m2",

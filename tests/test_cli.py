@@ -127,6 +127,30 @@ def test_reconstructions_show_labelled_examples_from_the_whole_test_set(trained_
     np.testing.assert_array_equal(cell, np.round(test[i].reshape(8, 8) * 255))
 
 
+def test_eval_by_ais_and_the_gap_report(trained_run, capsys):
+  """``jvae eval --method ais`` and ``jvae gap``, tiny budgets: the plumbing, not the figures."""
+  capsys.readouterr()
+  assert _run_cli(["eval", str(trained_run), "--method", "ais", "--ais-steps", "4",
+                   "--ais-chains", "2", "--limit", "6", "--seed-index", "0",
+                   "--no-progress"]) == 0
+  out = _strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["method"] == "ais" and out["ais_steps"] == 4 and "num_samples" not in out
+  (row,) = out["per_seed"]
+  assert row["examples"] == 6 and row["log_likelihood"] < 0 and row["mc_stderr"] > 0
+  before = {p.name for p in trained_run.iterdir()}
+  for _ in range(2):
+    assert _run_cli(["gap", str(trained_run), "--num-points", "3", "-k", "20",
+                     "--local-steps", "3", "--eval-samples", "8"]) == 0
+  text = capsys.readouterr().out
+  assert "amortization gap" in text
+  written = sorted({p.name for p in trained_run.iterdir()} - before)
+  assert written == ["gap-test-3-2.json", "gap-test-3.json"]  # the second never overwrites
+  gap = _strict_json((trained_run / "gap-test-3.json").read_text())
+  assert gap["num_points"] == 3 and gap["seed_index"] == 0
+  m = gap["mean"]
+  assert m["inference_gap"] == pytest.approx(m["log_marginal"] - m["elbo_amortized"], abs=1e-4)
+
+
 def test_eval_and_sample(trained_run, tmp_path, capsys):
   capsys.readouterr()
   assert _run_cli(["eval", str(trained_run), "-k", "50", "--limit", "40", "--no-progress"]) == 0

@@ -164,8 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "digits)")
   _add_train_arguments(t)
 
-  e = sub.add_parser("eval", help="test log-likelihood of a run with importance sampling")
+  e = sub.add_parser("eval", help="test log-likelihood of a run with importance sampling (IWAE) "
+                                  "or annealed importance sampling (AIS)")
   e.add_argument("run_dir", type=pathlib.Path)
+  e.add_argument("--method", choices=("iwae", "ais"), default="iwae",
+                 help="iwae: log_marginal with -k samples; ais: AIS with HMC (Wu et al. 2017)")
+  e.add_argument("--ais-steps", type=_positive_int, default=1000, help="AIS annealing steps")
+  e.add_argument("--ais-chains", type=_positive_int, default=16, help="AIS chains per image")
+  e.add_argument("--ais-init", choices=("prior", "posterior"), default="prior",
+                 help="AIS from p(z) or from the encoder's q(z|x)")
   e.add_argument("--num-samples", "-k", type=_positive_int, default=5000)
   e.add_argument("--chunk-size", type=_positive_int, default=250)
   e.add_argument("--batch-size", type=_positive_int, default=100)
@@ -173,6 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--split", choices=("test", "valid", "train"), default="test")
   e.add_argument("--limit", type=_positive_int, default=None, help="first N examples only")
   e.add_argument("--no-progress", action="store_true")
+
+  g = sub.add_parser("gap", help="approximation and amortization gaps of a run (Cremer et al. "
+                                 "2018), written to RUN/gap-<split>-<N>.json")
+  g.add_argument("run_dir", type=pathlib.Path)
+  g.add_argument("--num-points", type=_positive_int, default=100)
+  g.add_argument("--split", choices=("test", "valid", "train"), default="test")
+  g.add_argument("--seed-index", type=_nonneg_int, default=0)
+  g.add_argument("--log-marginal", choices=("iwae", "ais"), default="iwae",
+                 help="the estimate of log p(x): IWAE with -k samples, or AIS")
+  g.add_argument("--num-samples", "-k", type=_positive_int, default=5000)
+  g.add_argument("--ais-steps", type=_positive_int, default=1000)
+  g.add_argument("--ais-chains", type=_positive_int, default=16)
+  g.add_argument("--local-steps", type=_positive_int, default=1000,
+                 help="optimizer steps of each point's local q*")
+  g.add_argument("--eval-samples", type=_positive_int, default=1000,
+                 help="samples for each ELBO estimate")
 
   s = sub.add_parser("sample", help="draw from the prior and decode, as a PNG grid (cvae: one "
                                     "row per class on digits, completions of test images' "

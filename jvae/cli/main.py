@@ -1,4 +1,4 @@
-"""The ``jvae`` command: ``train``, ``eval`` and ``sample`` (layer 6).
+"""The ``jvae`` command: ``train``, ``eval``, ``gap`` and ``sample`` (layer 6).
 
 Exit status: 0 on success, 2 for a usage error (an impossible option or combination, reported
 before anything is written), 1 when a run directory or data cannot be used as asked, 130 when
@@ -34,6 +34,10 @@ def main(argv=None) -> int:
         return run.train(args, parser)
       if args.command == "eval":
         return run.evaluate_run(args, parser)
+      if args.command == "gap":
+        from jvae.cli import inference
+
+        return inference.gap_run(args, parser)
       return run.sample_run(args, parser)
     except UsageError as err:
       parser.error(str(err))

@@ -27,6 +27,7 @@ import optax
 
 import jvae
 from jvae.cli import args as _cli
+from jvae.cli import inference as _inference
 from jvae.cli import rundir
 from jvae.cli.build import (
     RunData,
@@ -450,9 +451,13 @@ def evaluate_run(args, parser) -> int:
   if args.limit:
     x = take(x, slice(0, args.limit))
   semi = run.data.num_classes is not None
-  estimate = _semi.unlabelled_log_marginal if semi else jvae.log_marginal
-  bound = jax.jit(estimate(run.model, num_samples=args.num_samples, chunk_size=args.chunk_size,
-                           return_stderr=True))
+  if semi:
+    bound = jax.jit(_semi.unlabelled_log_marginal(run.model, num_samples=args.num_samples,
+                                                  chunk_size=args.chunk_size,
+                                                  return_stderr=True))
+  else:
+    probe = jax.tree_util.tree_map(jnp.asarray, take(x, slice(0, 1)))
+    bound = _inference.eval_estimate(run, args, _seed_params(state.best_params, 0), probe)
   error = jax.jit(_semi.classification_error(run.model)) if semi else None
   results = []
   for i in _seed_indices(run.cfg, args.seed_index):
@@ -471,7 +476,11 @@ def evaluate_run(args, parser) -> int:
     if error is not None:
       row["classification_error"] = float(np.mean(np.concatenate(wrong)))
     results.append(row)
-  out = {"split": args.split, "num_samples": args.num_samples, "per_seed": results}
+  out = {"split": args.split, "method": args.method, "per_seed": results}
+  if args.method == "ais":
+    out.update(ais_steps=args.ais_steps, ais_chains=args.ais_chains, ais_init=args.ais_init)
+  else:
+    out["num_samples"] = args.num_samples
   if len(results) > 1:
     out["summary"] = jvae.summarize([r["log_likelihood"] for r in results])
     if semi:

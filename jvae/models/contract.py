@@ -31,6 +31,14 @@ Everything else is optional and looked up by name:
 * ``Proposal.log_q_groups`` / ``Joint.log_prior_groups``: ``(K, batch, G)`` per-group parts of
   log q and log p(z) whose sums are ``log_q`` and ``log_prior``; their difference is the sampled
   per-group KL used by free bits with ``kl="sample"``.
+* ``sample_prior(params, key, batch, *, num_samples) -> z``: z ~ p(z), every leaf
+  ``(K, batch, ...)`` like ``propose``'s z; AIS from the prior
+  (``jvae.inference.ais_log_marginal(..., init="prior")``, :func:`jvae.inference.bdmc`).
+* ``log_q(params, batch, z) -> (K, batch)``: log q(z|batch) at a given z (not drawn from q); AIS
+  from the posterior (``init="posterior"``).
+* ``sample_joint(params, key, num) -> (z, x)``: (z, x) ~ p(z) p(x|z), z leaves ``(1, num, ...)``
+  and x ``(num, *event)``; bidirectional Monte Carlo on simulated data
+  (:func:`jvae.inference.bdmc`).
 
 ``batch`` is an array x of shape ``(batch, *event)`` or a :class:`Batch` pytree carrying x and,
 optionally, conditioning ``c``, labels ``y`` with a ``mask`` of labelled points, and data-set

@@ -260,6 +260,41 @@ class TwoLayerLinearGaussian:
                         _diag_normal_log_prob(z2, 0.0, jnp.zeros_like(z2))], axis=-1)
     return Joint(log_lik, jnp.sum(groups, -1), groups)
 
+  # -- optional methods for MCMC (AIS, BDMC; jvae.inference) ------------------------------------
+
+  def sample_prior(self, params, key, batch, *, num_samples: int):
+    """(z_1, z_2) ~ p(z_2) p(z_1|z_2), ancestrally, each ``(K, batch, d_l)`` like ``propose``."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+      raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    n = self._check_x(data_of(batch)).shape[0]
+    return self._sample_prior(params["decoder"], key, (num_samples, n))
+
+  def log_q(self, params, batch, z) -> Array:
+    """log q(z_1, z_2|x) at given (z_1, z_2), leaves ``(K, batch, d_l)``: ``(K, batch)``."""
+    x = self._check_x(data_of(batch))
+    z1, z2 = z
+    enc = params["encoder"]
+    inputs = {"x": x, "z1": z1, "z2": z2}
+    return sum(self._log_prob(enc, name, inputs, inputs[_latent(name)]) for name in enc)
+
+  def sample_joint(self, params, key, num: int):
+    """((z_1, z_2), x) ~ p(z) p(x|z): z leaves ``(1, num, d_l)`` (propose's shape, K = 1), x
+    ``(num, D)``; z is an exact sample of p(z|x) (bidirectional Monte Carlo)."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+      raise ValueError(f"num must be an integer >= 1, got {num!r}")
+    dec = params["decoder"]
+    z_key, x_key = jax.random.split(key)
+    z1, z2 = self._sample_prior(dec, z_key, (1, num))
+    noise = self.noise_scale * jax.random.normal(x_key, (num, self.data_dim))
+    return (z1, z2), z1[0] @ dec["W"].T + dec["b"] + noise
+
+  def _sample_prior(self, dec, key, shape):
+    k1, k2 = jax.random.split(key)
+    d1, d2 = self.latent_dims
+    z2 = jax.random.normal(k2, (*shape, d2))
+    z1 = z2 @ dec["A"].T + dec["a"] + jnp.exp(dec["log_s1"]) * jax.random.normal(k1, (*shape, d1))
+    return z1, z2
+
   # -- exact quantities -------------------------------------------------------------------------
 
   def exact_log_marginal(self, params, x: Array) -> Array:

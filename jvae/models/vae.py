@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jvae.distributions.kl import analytic_kl, kl_per_dim
-from jvae.distributions.posteriors import standard_normal
+from jvae.distributions.posteriors import FullCovarianceGaussian, standard_normal
 from jvae.models.contract import Joint, Proposal, data_of
 
 Array = jax.Array
@@ -114,6 +114,51 @@ class VAE(nn.Module):
     groups = _diag_log_prob(prior, z) if _is_diag(prior) else None
     return px.log_prob(x), prior.log_prob(z), groups
 
+  # -- MCMC: AIS and BDMC (optional methods of the contract, jvae.inference) --------------------
+
+  @nn.nowrap
+  def sample_prior(self, params, key, batch, *, num_samples: int) -> Array:
+    """z ~ p(z), ``(K, batch, latent_dim)``, shaped like :meth:`propose`'s z (AIS from the prior).
+
+    A learned prior is sampled inside ``apply``, as :func:`jvae.prior_samples` does.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+      raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    return self.apply(params, data_of(batch), key, num_samples, method=VAE._sample_prior)
+
+  def _sample_prior(self, x: Array, key, num_samples: int):
+    dim = None
+    if self.prior is None and getattr(self.encoder, "latent_dim", None) is None:
+      dim = self.encode(x).event_shape[-1]
+    prior = self.prior_distribution(dim)
+    return prior.sample(seed=key, sample_shape=(num_samples, x.shape[0]))
+
+  @nn.nowrap
+  def log_q(self, params, batch, z: Array) -> Array:
+    """log q(z|x) at given z ``(K, batch, latent_dim)``: ``(K, batch)`` (AIS from q).
+
+    An IAF posterior evaluates it through its exact sequential inverse (d network passes per
+    step, see :class:`jvae.IAFStep`).
+    """
+    x = data_of(batch)
+    return self.apply(params, x, method=VAE.encode).log_prob(z)
+
+  @nn.nowrap
+  def sample_joint(self, params, key, num: int) -> tuple[Array, Array]:
+    """(z, x) ~ p(z) p(x|z): z ``(1, num, latent_dim)`` (propose's shape with K = 1) and x
+    ``(num, *event)`` as floats, for bidirectional Monte Carlo on simulated data."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+      raise ValueError(f"num must be an integer >= 1, got {num!r}")
+    return self.apply(params, key, num, method=VAE._sample_joint)
+
+  def _sample_joint(self, key, num: int):
+    z_key, x_key = jax.random.split(key)
+    z = self.prior_distribution().sample(seed=z_key, sample_shape=(num,))
+    x = self.decode(z).sample(seed=x_key)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      x = x.astype(z.dtype)
+    return z[None], x
+
   # -- pictures (optional, outside the contract) -----------------------------------------------
 
   @nn.nowrap
@@ -148,6 +193,34 @@ class VAE(nn.Module):
     """The shape of one x when the decoder declares it, else None."""
     shape = getattr(self.decoder, "event_shape", None)
     return None if shape is None else tuple(shape)
+
+  # -- local inference (optional, outside the contract) -----------------------------------------
+
+  @nn.nowrap
+  def amortized_gaussian(self, params, batch):
+    """The encoder's Gaussian q(z|x) as arrays, for local inference started from it.
+
+    Used by :func:`jvae.inference.optimize_local` (``init="amortized"``) and the semi-amortized
+    objective (Kim et al. 2018) to read the amortized variational parameters λ(x).
+
+    Args:
+      params: model parameters.
+      batch: x ``(batch, *event)`` or a :class:`jvae.Batch`.
+    Returns:
+      ``(loc, scale, lower)``: μ ``(batch, d)``, σ ``(batch, d)`` > 0, and for a full-covariance
+      encoder (L = L_mask ⊙ L′ + diag σ) the strictly lower-triangular L_mask ⊙ L′
+      ``(batch, d, d)``; ``lower`` is None for a factorized one.
+    Raises:
+      TypeError: the encoder's q(z|x) is not a Gaussian (e.g. an IAF posterior).
+    """
+    q = self.apply(params, data_of(batch), method=VAE.encode)
+    if isinstance(q, FullCovarianceGaussian):
+      shape = (*q.loc.shape, q.loc.shape[-1])
+      return q.loc, q.scale_diag, jnp.broadcast_to(q.bijector.lower, shape)
+    if _is_diag(q):
+      return q.loc, jnp.broadcast_to(q.scale_diag, q.loc.shape), None
+    raise TypeError(f"amortized_gaussian needs a Gaussian encoder (factorized or full "
+                    f"covariance); this VAE's q(z|x) is a {type(q).__name__}")
 
 
 def check_input(model: VAE, x: Array) -> None:
