@@ -280,6 +280,39 @@ def gap(rec):
   return lines
 
 
+def ais(rec):
+  o, v = rec.get("oracle", {}), rec.get("vae", {})
+  cases = o.get("cases", {})
+  lines = [f"AIS (HMC, {rec.get('chains')} chains, {rec.get('num_leapfrog')} leapfrog steps, "
+           f"T = {rec.get('steps')}) against IWAE at matched compute: the budget G counts "
+           "log-joint gradients per point and IWAE gets K = G samples. Mean estimate (mean "
+           "per-point standard error) and wall time of the compiled call.", "",
+           f"Linear-Gaussian oracle ({o.get('data_dim')}-d data, {o.get('latent_dim')}-d "
+           f"latent, {o.get('points')} points; error against the exact log p(x), mean "
+           f"{_f(o.get('mean_exact_log_p'), '{:.2f}')}): \"good q\" is {cases.get('good q')}, "
+           f"\"poor q\" {cases.get('poor q')}.", "",
+           "| q | G | method | error vs exact | ± s.e. | wall (s) |", "|---|---|---|---|---|---|"]
+  for r in o.get("rows", []):
+    lines.append(f"| {r['case']} | {r['budget_gradients']} | {r['method']} | "
+                 f"{r['mean_error']:.3f} | {r['mean_stderr']:.3f} | {r['wall_s']:.3f} |")
+  if v:
+    lines += ["", f"A small VAE ({v.get('architecture')}, {v.get('epochs')} epochs on "
+              f"{v.get('train_images')} {v.get('data')} images, test ELBO "
+              f"{_f(v.get('test_elbo'), '{:.2f}')}), {v.get('points')} test images:", "",
+              "| G | method | log p̂(x) | ± s.e. | wall (s) |", "|---|---|---|---|---|"]
+    for r in v.get("rows", []):
+      lines.append(f"| {r['budget_gradients']} | {r['method']} | {r['mean_estimate']:.2f} | "
+                   f"{r['mean_stderr']:.2f} | {r['wall_s']:.2f} |")
+    b = v.get("bdmc")
+    if b:
+      lines += ["", f"BDMC (T = {b['num_steps']}, {b['num_chains']} chains) on {b['points']} "
+                f"points simulated from that VAE: lower {b['mean_lower']:.2f}, upper "
+                f"{b['mean_upper']:.2f}, mean sandwich width {b['mean_width']:.2f} nats "
+                f"(max {b['max_width']:.2f})."]
+  lines += ["", f"Wall time: {_f(rec.get('seconds'), '{:.0f}')} s."]
+  return lines
+
+
 def headline(rec):
   rounds = ", ".join(f"{s:.1f}" for s in rec.get("seconds", []))
   return [f"`{rec.get('command')}` (README's main job: digits, 100 epochs, compilation and the "
@@ -299,6 +332,7 @@ SECTIONS = [("headline", "The main job", "benchmarks/headline.py", headline),
              discrete),
             ("m2", "Semi-supervised M2 with 100 labels", "benchmarks/m2.py", m2),
             ("gap", "The amortization gap", "benchmarks/gap.py", gap),
+            ("ais", "AIS against IWAE at matched compute", "benchmarks/ais.py", ais),
             ("nll", "Test log-likelihood on binarized MNIST", "benchmarks/nll.py", nll)]
 
 
