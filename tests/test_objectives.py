@@ -41,15 +41,14 @@ class ExactPosteriorTest(chex.TestCase):
   """With q = p(z|x) every log-weight equals log p(x): the bounds are exact for every key."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(
+  @parameterized.named_parameters(  # names, not reprs: test ids must match across xdist workers
       ("elbo_sample_1", lambda m: jvae.elbo(m, kl="sample")),
       ("elbo_sample_7", lambda m: jvae.elbo(m, kl="sample", num_samples=7)),
       ("iwae_5", lambda m: jvae.iwae(m, num_samples=5)),
       ("iwae_50_dreg", lambda m: jvae.iwae(m, num_samples=50, estimator="dreg")),
       ("log_marginal", lambda m: jvae.log_marginal(m, num_samples=300, chunk_size=64)),
   )
-  def test_bound_equals_log_marginal(self, name, make):
-    del name
+  def test_bound_equals_log_marginal(self, make):
     model, params, x = _setup(full_cov=True)
     exact_params = oracles.exact_posterior_params(model, params)
     f = self.variant(make(model))
