@@ -277,6 +277,9 @@ def gap(rec):
                  f"{cell('elbo_amortized')} | {cell('elbo_local_gaussian')} | "
                  f"{cell('elbo_local_full_cov')} | {cell('approximation_gap_gaussian')} | "
                  f"{cell('approximation_gap_full_cov')} | {cell('amortization_gap_gaussian')} |")
+  times = ", ".join(f"{k} {v:.1f} s" for r in results.values()
+                    for k, v in (r.get("seconds") or {}).items())
+  lines += ["", f"Wall times: training {_f(tr.get('train_seconds'), '{:.0f}')} s; {times}."]
   return lines
 
 
