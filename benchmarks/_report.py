@@ -215,7 +215,7 @@ def discrete(rec):
               f"`log_marginal` with K = {budget.get('test_samples')} on "
               f"{budget.get('test_images')} test images. The NVIL and VIMCO papers trained "
               "far longer, so their figures are not comparable and not shown.", "",
-              "| estimator | bound | K | steps | test NLL | ± s.e. | train time (s) |",
+              "| estimator | bound | K | steps | test NLL | ± Monte-Carlo s.e. | train time (s) |",
               "|---|---|---|---|---|---|---|"]
     for r in sbn:
       label = r["run"]
