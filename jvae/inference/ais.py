@@ -254,8 +254,11 @@ def ais_log_marginal(model, *, num_steps: int, num_chains: int, init: str = "pri
     adapt_rate: the adaptation's gain on log ε per transition (≥ 0).
     jitter: each transition's step is ε·u, u ~ U(1 − jitter, 1 + jitter), in [0, 1) (see
       :func:`jvae.inference.hmc.hmc_step`).
-    schedule: ``"sigmoid"`` (default), ``"geometric"``, ``"linear"`` or an array of T + 1
-      inverse temperatures (:func:`ais_schedule`).
+    schedule: the spacing of the inverse temperatures along the (always geometric-average)
+      path f_0^{1−β} p(x, z)^β: ``"sigmoid"`` (default; Grosse et al. 2015, short steps at both
+      ends, where the intermediate distributions change fastest), ``"geometric"`` (β spaced
+      geometrically from 10⁻⁴), ``"linear"`` or an array of T + 1 inverse temperatures
+      (:func:`ais_schedule`).
     return_stderr: also return the standard errors.
 
   Returns:
