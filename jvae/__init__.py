@@ -27,6 +27,8 @@ from jvae.distributions import (
 )
 from jvae import inference
 from jvae.inference import (
+    ActiveUnits,
+    active_units,
     ais_log_marginal,
     amortization_gap,
     bdmc,
@@ -73,6 +75,7 @@ from jvae.models import (
     prior_samples,
 )
 from jvae.objectives import (
+    dynamic_binarization,
     LogWeights,
     check_key,
     ciwae,
@@ -92,6 +95,9 @@ from jvae.objectives import (
     sample_log_weights,
 )
 from jvae.training import (
+    BURDA2015_STAGES,
+    scaled_stages,
+    staged_learning_rate,
     FitState,
     Trainer,
     TrainState,
@@ -150,6 +156,12 @@ __all__ = [
     "analytic_kl",
     "kl_per_dim",
     "inference",
+    "ActiveUnits",
+    "active_units",
+    "dynamic_binarization",
+    "BURDA2015_STAGES",
+    "scaled_stages",
+    "staged_learning_rate",
     "hmc_posterior",
     "ais_log_marginal",
     "bdmc",

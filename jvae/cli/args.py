@@ -16,6 +16,7 @@ ESTIMATORS = ("reparam", "stl", "dreg")
 OPTIMIZERS = ("adam", "adamax")
 DATASETS = ("digits", "binarized_mnist", "mnist")
 DEFAULT_EPOCHS = 100
+DEFAULT_ADAM_EPS = 1e-8  # optax.adam and optax.adamax
 
 
 def _number(kind: type, minimum: float, *, strict: bool = False):
@@ -134,6 +135,13 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
       add("--batch-size", type=_positive_int, default=100),
       add("--lr", type=_positive_float, default=1e-3),
       add("--optimizer", choices=OPTIMIZERS, default="adam"),
+      add("--adam-eps", type=_positive_float, default=DEFAULT_ADAM_EPS, metavar="EPS",
+          help=f"ε of Adam and Adamax (default {DEFAULT_ADAM_EPS:g}, optax's; Burda et al. 2015 "
+               "use 1e-4)"),
+      add("--lr-stages", type=_positive_int, nargs="+", default=None, metavar="E",
+          help="a staged learning rate: stage i of n runs E_i epochs at --lr · 10^(-i/(n-1)) "
+               "(Burda et al. 2015: --lr 1e-3 --lr-stages 1 3 9 27 81 243 729 2187, 3,280 "
+               "epochs); --epochs defaults to the sum, and past it the last rate stays"),
       add("--patience", type=_positive_int, default=None,
           help="early stopping: epochs without validation improvement"),
       add("--seed", type=_nonneg_int, default=0),

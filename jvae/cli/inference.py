@@ -57,11 +57,11 @@ def _free_path(run_dir: pathlib.Path, stem: str) -> pathlib.Path:
 def gap_run(args, parser) -> int:
   """``jvae gap``: the inference gaps of one seed of a run on its first ``--num-points`` points."""
   del parser
-  from jvae.cli.run import _load_run, _seed_indices, _seed_params
+  from jvae.cli.run import _seed_indices, _seed_params, load_run
   from jvae.inference.gap import amortization_gap, format_table
 
   run_dir = files.absolute(args.run_dir)
-  run, state = _load_run(run_dir)
+  run, state = load_run(run_dir)
   if run.data.num_classes is not None:
     raise UsageError("jvae gap needs an unsupervised run; an m2 run's q(z|x, y) has no single "
                      "amortized posterior over z")

@@ -47,7 +47,8 @@ from jvae.io.data import DataIntegrityError
 from jvae.models.contract import data_of
 from jvae.objectives import semi_supervised as _semi
 
-__all__ = ["DataIntegrityError", "Run", "RunData", "RunError", "UsageError", "build_bound",
+__all__ = ["DataIntegrityError", "Run", "load_run", "RunData", "RunError", "UsageError",
+           "build_bound",
            "build_model"]
 
 CONFIG_KEYS = ("data", "model", "hidden", "latent_dim", "latent_dims", "prior", "vamp_components",
@@ -55,7 +56,8 @@ CONFIG_KEYS = ("data", "model", "hidden", "latent_dim", "latent_dims", "prior", 
                "posterior", "iaf_steps", "bound",
                "num_samples", "groups", "alpha", "elbo_weight", "kl", "estimator",
                "warmup_steps", "beta", "free_bits", "free_bits_groups", "epochs", "batch_size",
-               "lr", "optimizer", "patience", "seed", "seeds", "devices", "parallel",
+               "lr", "optimizer", "adam_eps", "lr_stages",
+               "patience", "seed", "seeds", "devices", "parallel",
                "eval_samples")
 
 
@@ -68,8 +70,14 @@ class RunError(RuntimeError):
   """A run directory that cannot be used as asked (e.g. none of its checkpoints restores)."""
 
 
-def _optimizer(cfg: dict):
-  return {"adam": optax.adam, "adamax": optax.adamax}[cfg["optimizer"]](cfg["lr"])
+def _optimizer(cfg: dict, n_train: int):
+  """The config's optax optimizer: Adam or Adamax with ``--adam-eps``, at ``--lr`` or staged."""
+  lr = cfg["lr"]
+  if cfg.get("lr_stages"):
+    lr = jvae.staged_learning_rate(lr, stage_epochs=cfg["lr_stages"],
+                                   steps_per_epoch=n_train // cfg["batch_size"])
+  eps = cfg.get("adam_eps") or _cli.DEFAULT_ADAM_EPS
+  return {"adam": optax.adam, "adamax": optax.adamax}[cfg["optimizer"]](lr, eps=eps)
 
 
 class Run:
@@ -89,7 +97,8 @@ class Run:
     sharding = None
     if mesh is not None and cfg["parallel"] == "data":
       sharding = _parallel.batch_sharding(mesh)
-    self.trainer = jvae.trainer(self.objective, _optimizer(cfg), batch_size=cfg["batch_size"],
+    self.trainer = jvae.trainer(self.objective, _optimizer(cfg, size(self.data.train)),
+                                batch_size=cfg["batch_size"],
                                 warmup_steps=cfg["warmup_steps"], beta=cfg["beta"],
                                 batch_sharding=sharding)
     x0 = jax.tree_util.tree_map(jnp.asarray, take(self.data.train, slice(0, 2)))
@@ -161,7 +170,7 @@ def train(args, parser) -> int:
   _cli.check_train_options(args, given)
   cfg = _config_from_args(args)
   if cfg["epochs"] is None:
-    cfg["epochs"] = _cli.DEFAULT_EPOCHS
+    cfg["epochs"] = sum(cfg["lr_stages"]) if cfg["lr_stages"] else _cli.DEFAULT_EPOCHS
   run = _build_run(cfg)  # data, model and state: every remaining usage error, before the disk
   claim = rundir.claim(args.out, cfg)
   return _train_and_finish(run, claim.path, run.init_state, args, claim)
@@ -425,7 +434,12 @@ def reconstruction_grid(run: Run, params, key) -> np.ndarray:
                             cell_height=h)
 
 
-def _load_run(run_dir: pathlib.Path):
+def load_run(run_dir: pathlib.Path):
+  """``(Run, FitState)`` of a run directory's config and newest complete checkpoint.
+
+  Raises:
+    RunError: the directory has no complete checkpoint, or none restores.
+  """
   run_dir = files.absolute(run_dir)
   cfg = complete_config(rundir.load_config(run_dir, what="run directory"), CONFIG_KEYS)
   run = Run({**cfg, "devices": None})
@@ -446,7 +460,7 @@ def _seed_indices(cfg, seed_index):
 def evaluate_run(args, parser) -> int:
   from tqdm.auto import tqdm
 
-  run, state = _load_run(args.run_dir)
+  run, state = load_run(args.run_dir)
   x = run.data.split(args.split)
   if args.limit:
     x = take(x, slice(0, args.limit))
@@ -508,7 +522,7 @@ def _eval_row(values: np.ndarray, stderrs: np.ndarray) -> dict:
 
 
 def sample_run(args, parser) -> int:
-  run, state = _load_run(args.run_dir)
+  run, state = load_run(args.run_dir)
   (i,) = _seed_indices(run.cfg, args.seed_index)
   params = _seed_params(state.best_params, i)
   grid = sample_grid(run, params, jax.random.key(args.seed), args.n)

@@ -6,6 +6,7 @@ parameters (``optimize_local``, ``variational_em``), the semi-amortized VAE
 (``semi_amortized_elbo``) and the approximation / amortization gaps (``amortization_gap``).
 """
 
+from jvae.inference.active_units import ActiveUnits, active_units
 from jvae.inference.ais import ais_log_marginal, ais_schedule, bdmc
 from jvae.inference.hmc import HMCInfo, hmc_posterior
 from jvae.inference.mcmc_em import mcmc_em
@@ -26,6 +27,7 @@ from jvae.inference.local import (
 from jvae.inference.semi_amortized import refine, semi_amortized_elbo
 
 __all__ = [
+    "ActiveUnits", "active_units",
     "HMCInfo", "hmc_posterior", "ais_log_marginal", "ais_schedule", "bdmc", "mcmc_em",
     "LocalGaussian", "local_table", "amortized_local", "init_local", "local_distribution",
     "local_covariance",

@@ -2,8 +2,15 @@
 
 from jvae.training.seeds import FitState, fit, fit_init, make_epoch_fn, seed_keys, summarize
 from jvae.training.parallel import batch_sharding, make_mesh, place_fit_state, replicated
+from jvae.training.schedules import (
+    BURDA2015_STAGES,
+    scaled_stages,
+    stage_learning_rates,
+    staged_learning_rate,
+)
 from jvae.training.steps import Trainer, TrainState, evaluate, trainer
 
 __all__ = ["FitState", "fit", "fit_init", "make_epoch_fn", "seed_keys", "summarize",
            "batch_sharding", "make_mesh", "place_fit_state", "replicated", "Trainer",
-           "TrainState", "evaluate", "trainer"]
+           "TrainState", "evaluate", "trainer", "BURDA2015_STAGES", "scaled_stages",
+           "stage_learning_rates", "staged_learning_rate"]
