@@ -1,1 +1,2 @@
-"""Benchmark scripts for jvae; run each as ``python benchmarks/<name>.py``."""
+"""Benchmark scripts for jvae: ``python -m benchmarks.<name>`` each, ``python -m benchmarks``
+for the suite."""

@@ -39,25 +39,11 @@ import numpy as np
 import optax
 
 import jvae
-from benchmarks._common import emit, load_mnist_or_random, log, machine_info
+from benchmarks._harness import compile_ahead, emit, load_mnist_or_random, log, record, timed
 from jvae import oracles
 from jvae.inference import ais_log_marginal, bdmc
 
 LEAPFROG = 5
-
-
-def compiled(fn, *args):
-  """``(jax.jit(fn) compiled for args, compile_s)``."""
-  start = time.perf_counter()
-  out = jax.jit(fn).lower(*args).compile()
-  return out, time.perf_counter() - start
-
-
-def timed(fn, *args):
-  """``(output, seconds)`` of a compiled call."""
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn(*args))
-  return out, time.perf_counter() - start
 
 
 def budget(num_chains: int, num_steps: int) -> int:
@@ -83,9 +69,9 @@ def compare(model, cases, key, *, steps, num_chains, step_size):
     }
     for name, f in estimators.items():
       _, params, x, _ = cases[0]
-      program, compile_s = compiled(f, params, key, x)
+      program, compile_s = compile_ahead(f, params, key, x)
       for label, params, x, exact in cases:
-        (value, stderr), run_s = timed(program, params, key, x)
+        (value, stderr), run_s, _ = timed(program, params, key, x)
         row = {"case": label, "method": name, "budget_gradients": g, "wall_s": run_s,
                "compile_s": compile_s, "mean_estimate": float(value.mean()),
                "mean_stderr": float(stderr.mean())}
@@ -151,8 +137,8 @@ def vae_part(args, steps):
   sandwich = bdmc(model, num_steps=steps[-1], num_chains=args.chains, num_leapfrog=LEAPFROG,
                   step_size=0.05)
   fn = lambda p, k: sandwich(p, k, args.points)
-  program, compile_s = compiled(fn, state.params, jax.random.key(args.seed + 3))
-  out, run_s = timed(program, state.params, jax.random.key(args.seed + 3))
+  program, compile_s = compile_ahead(fn, state.params, jax.random.key(args.seed + 3))
+  out, run_s, _ = timed(program, state.params, jax.random.key(args.seed + 3))
   width = np.asarray(out["upper"] - out["lower"])
   bdmc_row = {"num_steps": steps[-1], "num_chains": args.chains, "points": args.points,
               "mean_lower": float(out["lower"].mean()), "mean_upper": float(out["upper"].mean()),
@@ -186,13 +172,13 @@ def main(argv=None):
       setattr(args, name, value)
   start = time.perf_counter()
   steps = sorted(args.steps)
-  record = {"benchmark": "ais", "quick": args.quick, "num_leapfrog": LEAPFROG,
+  fields = {"quick": args.quick, "num_leapfrog": LEAPFROG,
             "chains": args.chains, "steps": steps,
             "budgets_gradients": [budget(args.chains, t) for t in steps],
             "oracle": oracle_part(args, steps), "vae": vae_part(args, steps)}
-  record["seconds"] = time.perf_counter() - start
-  log(f"total {record['seconds']:.0f}s")
-  emit({**record, **machine_info()}, args.out)
+  fields["seconds"] = time.perf_counter() - start
+  log(f"total {fields['seconds']:.0f}s")
+  emit(record("ais", fields), args.out)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 import jvae
-from benchmarks._common import emit, load_mnist_or_random, log, machine_info
+from benchmarks._harness import emit, load_mnist_or_random, log, record
 from jvae.bounds.control_variates import MovingAverage
 from jvae.models import discrete_oracle as do
 
@@ -219,12 +219,12 @@ def main(argv=None):
 
     pathlib.Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     plot(oracle, args.plot)
-  emit({"benchmark": "discrete", "keys": args.keys, "oracle": oracle, "sbn": sbn,
-        "sbn_budget": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                       "train_size": args.train_size, "test_images": args.test_images,
-                       "test_samples": args.test_samples},
-        "wall_seconds": time.perf_counter() - start, "plot": args.plot, **machine_info()},
-       args.out)
+  emit(record("discrete", {
+      "keys": args.keys, "oracle": oracle, "sbn": sbn,
+      "sbn_budget": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                     "train_size": args.train_size, "test_images": args.test_images,
+                     "test_samples": args.test_samples},
+      "wall_seconds": time.perf_counter() - start, "plot": args.plot}), args.out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ the columns of Cremer, Li & Duvenaud (2018), "Inference Suboptimality in Variati
 Autoencoders", Tables 2-3, with ``jvae.inference.amortization_gap``:
 
 * log p̂(x): IWAE with K = 5000 (``jvae.log_marginal``), and AIS (``jvae.inference.ais``, started
-  from the encoder, HMC transitions) when that module is importable;
+  from the encoder, HMC transitions);
 * L[q*]: the ELBO of a locally optimised factorized Gaussian (the encoder's family) and of a
   full-covariance one (the flexible family, in place of their flow), each started at the encoder's
   q(z|x) and optimised per image with Adam (cosine-decayed step size, STL gradients);
@@ -20,13 +20,12 @@ like. ``--quick`` (≲ 3 minutes on a 2-core CPU): 5 epochs on 10,000 training i
 images, 300 local steps, AIS with 50 steps and 4 chains; the default: 20 epochs on all 50,000,
 500 test images, 1000 local steps, AIS with 500 steps and 16 chains.
 
-    python benchmarks/gap.py --quick --out benchmarks/results/gap.json
+    python -m benchmarks.gap --quick --out benchmarks/results/gap.json
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 
 import jax
@@ -35,8 +34,10 @@ import numpy as np
 import optax
 
 import jvae
-from benchmarks._common import emit, load_mnist_or_random, log, machine_info
+from benchmarks._harness import emit, load_mnist_or_random, log, record
+from jvae.inference import ais_log_marginal
 from jvae.inference.gap import amortization_gap, format_table, with_log_marginal
+from jvae.training.evaluation import evaluate_pointwise
 
 QUICK = dict(epochs=10, train_images=50000, test_points=50, local_steps=300, local_samples=8,
              ais_steps=100, ais_chains=4, iwae_samples=5000, eval_samples=1000)
@@ -69,7 +70,7 @@ def main(argv=None):
   p.add_argument("--learning-rate", type=float, default=1e-3, help="training step size")
   p.add_argument("--local-lr", type=float, default=1e-2,
                  help="initial step size of the local optimisation (cosine-decayed)")
-  p.add_argument("--no-ais", action="store_true", help="skip AIS even when it is available")
+  p.add_argument("--no-ais", action="store_true", help="skip AIS")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
@@ -97,30 +98,23 @@ def main(argv=None):
   log(f"({iwae_s:.0f}s: {', '.join(f'{k} {v:.0f}s' for k, v in iwae['seconds'].items())})")
   results = {"iwae": _summary(iwae)}
 
-  ais_available = importlib.util.find_spec("jvae.inference.ais") is not None
-  if ais_available and not args.no_ais:
-    from jvae.inference.ais import ais_log_marginal  # written beside this benchmark; optional
-
-    f = jax.jit(ais_log_marginal(model, num_steps=budget["ais_steps"],
-                                 num_chains=budget["ais_chains"], init="posterior",
-                                 return_stderr=True))
+  if not args.no_ais:
+    ais_fn = ais_log_marginal(model, num_steps=budget["ais_steps"],
+                              num_chains=budget["ais_chains"], init="posterior",
+                              return_stderr=True)
     method = f"ais ({budget['ais_steps']} steps, {budget['ais_chains']} chains, from q(z|x))"
     start = time.perf_counter()
-    values, errors = [], []
-    ais_key = jax.random.key(args.seed + 3)
-    for i in range(0, len(test_x), 100):
-      v, se = f(params, jax.random.fold_in(ais_key, i), jnp.asarray(test_x[i:i + 100]))
-      values.append(np.asarray(v))
-      errors.append(np.asarray(se))
+    out = jax.jit(lambda p, k, x: evaluate_pointwise(ais_fn, p, k, x, batch_size=100))(
+        params, jax.random.key(args.seed + 3), jnp.asarray(test_x))
     ais_s = time.perf_counter() - start
     # The same local optima and L[q]; only log p̂(x) (and so the gaps) change.
-    ais = with_log_marginal(iwae, np.concatenate(values), method=method,
-                            mc_stderr=np.concatenate(errors))
+    ais = with_log_marginal(iwae, np.asarray(out["values"]), method=method,
+                            mc_stderr=np.asarray(out["stderrs"]))
     log(format_table(ais))
     log(f"(AIS {ais_s:.0f}s)")
     results["ais"] = {**_summary(ais), "seconds": {"log_marginal": ais_s}}
 
-  emit({"benchmark": "gap", "data": source, "model": "burda2015", "encoder": iwae["encoder"],
+  emit(record("gap", {"data": source, "model": "burda2015", "encoder": iwae["encoder"],
         "training": {"objective": "elbo (analytic KL)", "optimizer": f"adam({args.learning_rate})",
                      "batch_size": 100, "epochs": budget["epochs"],
                      "images": len(train_x), **training},
@@ -128,15 +122,13 @@ def main(argv=None):
         "local": {"optimizer": f"adam, cosine decay from {args.local_lr}", "init": "amortized",
                   "estimator": "stl", "steps": budget["local_steps"],
                   "samples_per_step": budget["local_samples"]},
-        "iwae_seconds": iwae_s, "results": results, **machine_info()}, args.out)
+        "iwae_seconds": iwae_s, "results": results}), args.out)
 
 
 def _summary(result):
   """The record's part of an amortization_gap result: means, errors, method, curve, timings."""
   return {"log_marginal": result["log_marginal_method"], "mean": result["mean"],
           "stderr": result["stderr"], "log_marginal_mc_stderr": result["log_marginal_mc_stderr"],
-          "elbo_mc_stderr": {k: float(np.sqrt(np.sum(np.square(v))) / len(v))
-                             for k, v in result["mc_stderr"].items()},
           "trace": result["trace"], "seconds": result["seconds"]}
 
 

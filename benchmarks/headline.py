@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks._common import emit, log, machine_info
+from benchmarks._harness import emit, log, record
 
 
 def main(argv=None):
@@ -34,8 +34,8 @@ def main(argv=None):
                       f"{tmp}/run"], check=True, cwd=tmp, stdout=subprocess.DEVNULL)
       seconds.append(time.perf_counter() - start)
     log(f"round {i + 1}: {seconds[-1]:.1f} s")
-  emit({"benchmark": "headline", "command": "jvae train --no-progress", "seconds": seconds,
-        "median_seconds": statistics.median(seconds), **machine_info()}, args.out)
+  emit(record("headline", {"command": "jvae train --no-progress", "seconds": seconds,
+                           "median_seconds": statistics.median(seconds)}), args.out)
 
 
 if __name__ == "__main__":

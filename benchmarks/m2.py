@@ -45,10 +45,7 @@ from jvae.io import semi_supervised as sdata
 from jvae.models.m2 import m2
 from jvae.objectives import semi_supervised as ss
 
-try:  # run as a module: python -m benchmarks.m2
-  from benchmarks import _common
-except ImportError:  # run as a script: python benchmarks/m2.py
-  import _common
+from benchmarks import _harness as h
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "m2.json"
 PUBLISHED = {
@@ -130,7 +127,7 @@ def run_setting(alpha: float, args, model, train, test, masks) -> dict:
     states, metrics = epoch(states, data)
     if (e + 1) % 50 == 0:
       bounds = " ".join(f"{b:.2f}" for b in np.asarray(metrics["bound"]))
-      _common.log(f"  alpha {alpha:g}: epoch {e + 1}, train bound per seed {bounds}")
+      h.log(f"  alpha {alpha:g}: epoch {e + 1}, train bound per seed {bounds}")
   jax.block_until_ready(states)
   train_s = time.perf_counter() - start
 
@@ -142,7 +139,7 @@ def run_setting(alpha: float, args, model, train, test, masks) -> dict:
   errors, bounds = jax.jit(jax.vmap(scores))(states.params)
   errors, bounds = np.asarray(errors) * 100, np.asarray(bounds)
   err = jvae.summarize(errors)
-  _common.log(f"alpha {alpha:g}: test error {err['mean']:.2f} ± {err['std']:.2f} % (95% CI "
+  h.log(f"alpha {alpha:g}: test error {err['mean']:.2f} ± {err['std']:.2f} % (95% CI "
               f"{err['ci_low']:.2f} … {err['ci_high']:.2f}), test U {bounds.mean():.3f} nats; "
               f"{train_s:.1f} s ({first:.1f} s for the first epoch, compile included)")
   return {"alpha": alpha, "test_error_percent": errors.tolist(), "test_error_summary": err,
@@ -164,7 +161,7 @@ def main(argv=None):
   model = m2(event_shape=(64,), num_classes=sdata.DIGITS_CLASSES, hidden=(args.hidden,),
              latent_dim=args.latent_dim)
   paper_alpha = ss.kingma_alpha(num_examples=len(xt), num_labels=args.labels)
-  _common.log(f"M2 on digits: {args.labels} labels of {len(xt)}, {args.seeds} seeds vmapped, "
+  h.log(f"M2 on digits: {args.labels} labels of {len(xt)}, {args.seeds} seeds vmapped, "
               f"{args.epochs} epochs, hidden {args.hidden}, z {args.latent_dim}; paper alpha "
               f"{paper_alpha:.3f}")
   settings = []
@@ -176,10 +173,9 @@ def main(argv=None):
     settings.append(row)
   baseline = np.asarray(_supervised_baseline(xt, yt, masks, xs, ys)) * 100
   base = jvae.summarize(baseline)
-  _common.log(f"logistic regression on the {args.labels} labelled images alone: "
+  h.log(f"logistic regression on the {args.labels} labelled images alone: "
               f"{base['mean']:.2f} ± {base['std']:.2f} %")
-  record = {
-      "benchmark": "m2",
+  fields = {
       "data_set": "digits (scikit-learn 8x8, binarized at 8; train 1197 / test 300)",
       "config": {"seeds": args.seeds, "first_seed": args.seed, "epochs": args.epochs,
                  "steps_per_epoch": len(xt) // BATCH_SIZE, "batch_size": BATCH_SIZE,
@@ -193,9 +189,8 @@ def main(argv=None):
                               "test_error_summary": base},
       "published_mnist": PUBLISHED,
       "wall_seconds": time.perf_counter() - wall,
-      **_common.machine_info(),
   }
-  _common.emit(record, args.out or None)
+  h.emit(h.record("m2", fields), args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ numbers beside them, with the binarization they were measured on (3,280 passes):
   * two layers, dynamic binarization (Burda et al. Table 1, IWAE column): 85.33 / 83.89 / 82.90
     for k = 1 / 5 / 50 — not the same data, so a reference, not a target.
 
-    python benchmarks/nll.py --epochs 20 --experiments vae1 iwae5 iwae50
+    python -m benchmarks.nll --epochs 20 --experiments vae1 iwae5 iwae50
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import numpy as np
 import optax
 
 import jvae
-from benchmarks._common import emit, load_mnist_or_random, log, machine_info
+from benchmarks._harness import emit, load_mnist_or_random, log, record
+from jvae.training.evaluation import evaluate_pointwise
 
 EXPERIMENTS = {
     "vae1": dict(bound="elbo", k=1),
@@ -71,18 +72,12 @@ def build(spec):
 
 def evaluate_nll(model, params, test, *, num_samples, rows=16384, seed=0):
   """Mean test log p(x) and its MC standard error, memory bounded by ``rows`` = chunk × batch."""
-  batch = 100
-  chunk = max(1, min(num_samples, rows // batch))
-  f = jax.jit(jvae.log_marginal(model, num_samples=num_samples, chunk_size=chunk,
-                                return_stderr=True))
-  key = jax.random.key(seed)
-  vals, ses = [], []
-  for i in range(0, len(test), batch):
-    v, se = f(params, jax.random.fold_in(key, i), test[i:i + batch])
-    vals.append(v)
-    ses.append(se)
-  vals, ses = np.concatenate(jax.device_get(vals)), np.concatenate(jax.device_get(ses))
-  return float(vals.mean()), float(np.sqrt(np.sum(ses ** 2)) / len(vals))
+  batch = min(100, len(test))
+  lm = jvae.log_marginal(model, num_samples=num_samples,
+                         chunk_size=max(1, min(num_samples, rows // batch)), return_stderr=True)
+  out = jax.jit(lambda p, k, x: evaluate_pointwise(lm, p, k, x, batch_size=batch))(
+      params, jax.random.key(seed), test)
+  return float(out["mean"]), float(out["mc_stderr"])
 
 
 def run(name, spec, data, args):
@@ -132,8 +127,8 @@ def main(argv=None):
     paper = f"{r['paper_nll']:.2f} ({r['paper_binarization']})" if r["paper_nll"] else "—"
     log(f"| {r['experiment']} | {r['epochs']} | {r['test_nll']:.2f} | {r['stderr']:.2f} | "
         f"{paper} |")
-  emit({"benchmark": "nll", "data": source, "eval_samples": args.eval_samples, "results": rows,
-        **machine_info()}, args.out)
+  emit(record("nll", {"data": source, "eval_samples": args.eval_samples, "results": rows}),
+       args.out)
 
 
 if __name__ == "__main__":

@@ -42,14 +42,15 @@ BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
-from benchmarks._common import log, machine_info
+from benchmarks._harness import log, machine_info
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -102,11 +103,22 @@ def train_command(row: dict, *, stages, data: str | None, seed: int, run_dir: pa
   return cmd
 
 
-def _jvae(args: list[str], *, capture: bool = False) -> subprocess.CompletedProcess:
-  cmd = [sys.executable, "-m", "jvae", *args]
+def _jvae(args: list[str], *, capture: bool = False) -> str:
+  """Runs ``jvae ARGS`` in this process; its standard output when ``capture``.
+
+  Raises:
+    SystemExit: with the command's exit status when it is not 0 (130 after an interrupt, 1 for
+      a run directory or data it cannot use, 2 for a usage error).
+  """
+  from jvae.cli.main import main as jvae_main
+
   log("$ jvae " + " ".join(args))
-  return subprocess.run(cmd, check=True, text=True,
-                        stdout=subprocess.PIPE if capture else None)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
+    status = jvae_main(list(args))
+  if status:
+    raise SystemExit(status)
+  return out.getvalue()
 
 
 def _read(path: pathlib.Path, default=None):
@@ -157,7 +169,7 @@ def evaluate_row(name: str, out: pathlib.Path, args) -> dict:
          "--chunk-size", str(min(args.eval_samples, 500)), "--no-progress"]
   if args.test_limit:
     cmd += ["--limit", str(args.test_limit)]
-  result = json.loads(_jvae(cmd, capture=True).stdout.strip().splitlines()[-1])
+  result = json.loads(_jvae(cmd, capture=True).strip().splitlines()[-1])
   result["seconds"] = time.perf_counter() - start
   _write(path, result)
   return result

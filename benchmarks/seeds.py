@@ -21,8 +21,8 @@ For each N (default 1, 4, 16, 64):
   plain single-seed program. Timed only where it differs from *vmapped*.
 
 All donate their state. After compiling and ``--warmup`` untimed rounds, the sides are timed
-one after another (the order flips each repeat, so load from other processes hits all alike) for
-``--repeats`` rounds; the median time gives ``seed-steps/s = N·S / seconds``,
+one after another (the order rotating each repeat, ``_harness.alternate``) for ``--repeats``
+rounds; the median time gives ``seed-steps/s = N·S / seconds``,
 ``ratio = vmapped / sequential`` and ``jvae_ratio = jvae / sequential`` seed-steps/s. Compile
 time is reported separately. Each row also has ``cpu_time_ratio`` and ``jvae_cpu_time_ratio``:
 the same ratios in seed-steps per CPU second of this process (all its threads;
@@ -33,41 +33,15 @@ on a CPU, >= 1.0 at every N > 1 (vmapped seeds cost no more per seed than sequen
 plain one-vmap ``ratio`` is reported beside it. At N = 1 ``ratio`` is a control: a size-1 vmapped
 program against the plain one, i.e. the cost of a batch axis alone.
 
-Memory (per row, under ``memory``; all in bytes):
-
-* ``vmapped_program``: XLA's buffer assignment for the compiled vmapped N-seed epoch
-  (``Compiled.memory_analysis()``): ``argument`` (the N stacked states + the data), ``output``,
-  ``temp`` (scratch), ``alias`` (outputs written in place of donated arguments),
-  ``argument_output_temp`` = argument + output + temp (an upper bound on what the program
-  needs; donated outputs are counted twice) and ``xla_peak`` (XLA's own peak estimate, when the
-  backend reports one). A static, per-program number; on every backend.
-* ``jvae_program``: the same for jvae's seed program, where it was timed.
-* ``sequential_program``: the same for the single-seed program that the sequential runs reuse
-  (identical for every N), and ``sequential_states`` = N × the bytes of one train state (what the
-  sequential side keeps alive between its calls, besides the one program's scratch).
-* ``process_max_rss``: the process's resident-set high-water mark (``getrusage``) after this
-  row's runs. Process-wide and monotone: it includes Python, JAX, the data and every earlier row,
-  so only its growth from row to row says anything about N.
-* ``device_peak_bytes_in_use`` (GPU/TPU only, when the device reports memory stats): the
-  allocator's peak since the process started, read after this row's runs; also monotone, so with
-  N increasing it is the peak of the largest N so far.
-
-Usage::
-
-  JVAE_DATA_DIR=/path/to/data python -m benchmarks.seeds [--quick] [--seeds 1 4 16 64]
-      [--steps S] [--repeats R] [--warmup W] [--out FILE.json] [--plot FILE.png]
-
-Human-readable lines go to stderr; the last line on stdout is the JSON record.
+    JVAE_DATA_DIR=/path/to/data python -m benchmarks.seeds [--quick] [--seeds 1 4 16 64]
+        [--steps S] [--repeats R] [--warmup W] [--out FILE.json] [--plot FILE.png]
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import resource
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -77,10 +51,7 @@ import optax
 import jvae
 from jvae.training import seeds as jvae_fit
 
-try:  # run as a module: python -m benchmarks.seeds
-  from benchmarks import _common
-except ImportError:  # run as a script: python benchmarks/seeds.py
-  import _common
+from benchmarks import _harness as h
 
 BATCH_SIZE = 100
 LEARNING_RATE = 1e-3
@@ -93,12 +64,15 @@ QUICK_REPEATS = 3
 CPU_RATIO_MIN = 1.0
 GPU_RATIO_AT_64_MIN = 20.0
 GPU_GOAL_SEEDS = 64
+GOALS = [h.Goal("cpu_worst_jvae_ratio", ">=", CPU_RATIO_MIN,
+                "on a CPU, jvae / sequential seed-steps/s at every N > 1 (the worst N)"),
+         h.Goal("gpu_jvae_ratio_at_64", ">=", GPU_RATIO_AT_64_MIN,
+                f"on an accelerator, jvae / sequential seed-steps/s at N = {GPU_GOAL_SEEDS}")]
 DEFAULT_PLOT = pathlib.Path(__file__).resolve().parent / "results" / "seeds.png"
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = h.parser(__doc__)
   p.add_argument("--seeds", type=int, nargs="+", default=None,
                  help=f"numbers of seeds N (default {' '.join(map(str, DEFAULT_SEEDS))}; "
                       f"{' '.join(map(str, QUICK_SEEDS))} if --quick)")
@@ -110,14 +84,10 @@ def parse_args(argv=None):
                       f"{QUICK_REPEATS} if --quick)")
   p.add_argument("--warmup", type=int, default=1,
                  help="untimed rounds per N after compiling (default 1)")
-  p.add_argument("--quick", action="store_true",
-                 help=f"short run: seeds {' '.join(map(str, QUICK_SEEDS))}, {QUICK_STEPS} steps, "
-                      f"{QUICK_REPEATS} repeats")
   p.add_argument("--seed-chunk", default="auto",
                  help="seeds per vmapped chunk in jvae's seed program (jvae.make_epoch_fn's "
                       "seed_chunk): auto (2 on a CPU, all at once elsewhere) or an integer")
   p.add_argument("--seed", type=int, default=0, help="first seed (seeds are seed, seed+1, ...)")
-  p.add_argument("--out", default=None, help="also write the JSON record to this file")
   p.add_argument("--plot", default=str(DEFAULT_PLOT),
                  help="PNG plot path (default benchmarks/results/seeds.png); '' for none")
   args = p.parse_args(argv)
@@ -147,85 +117,6 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------------------------------
-# Memory
-# --------------------------------------------------------------------------------------------
-
-
-def program_memory(compiled) -> dict | None:
-  """XLA's buffer sizes for a compiled program (see the module docstring), or None."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:
-    return None
-  if m is None:
-    return None
-  out = {
-      "argument": int(m.argument_size_in_bytes),
-      "output": int(m.output_size_in_bytes),
-      "temp": int(m.temp_size_in_bytes),
-      "alias": int(m.alias_size_in_bytes),
-      "generated_code": int(m.generated_code_size_in_bytes),
-  }
-  out["argument_output_temp"] = out["argument"] + out["output"] + out["temp"]
-  peak = getattr(m, "peak_memory_in_bytes", None)
-  out["xla_peak"] = int(peak) if peak else None
-  return out
-
-
-def tree_bytes(tree) -> int:
-  return sum(int(leaf.nbytes) for leaf in jax.tree_util.tree_leaves(tree)
-             if hasattr(leaf, "nbytes"))
-
-
-def max_rss_bytes() -> int:
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return int(rss) * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
-
-
-def device_peak_bytes() -> int | None:
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:
-    return None
-  if not stats or "peak_bytes_in_use" not in stats:
-    return None
-  return int(stats["peak_bytes_in_use"])
-
-
-def mib(n: int | None) -> str:
-  return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
-
-
-# --------------------------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------------------------
-
-
-def compile_fn(fn, *args):
-  """AOT-compile ``jax.jit(fn, donate_argnums=0)``; returns (compiled, lower_s, compile_s)."""
-  start = time.perf_counter()
-  lowered = jax.jit(fn, donate_argnums=0).lower(*args)
-  lowered_at = time.perf_counter()
-  compiled = lowered.compile()
-  return compiled, lowered_at - start, time.perf_counter() - lowered_at
-
-
-def run_vmapped(fn, state, data):
-  """One vmapped epoch of all seeds; returns (state, metrics, wall seconds, CPU seconds)."""
-  cpu, start = time.process_time(), time.perf_counter()
-  state, metrics = fn(state, data)
-  jax.block_until_ready((state, metrics))
-  return state, metrics, time.perf_counter() - start, time.process_time() - cpu
-
-
-def run_sequential(fn, states, data):
-  """One epoch of each seed, one after another; returns (states, metrics list, total wall
-  seconds, total CPU seconds)."""
-  cpu, start = time.process_time(), time.perf_counter()
-  outs = [fn(s, data) for s in states]
-  jax.block_until_ready(outs)
-  seconds = time.perf_counter() - start
-  return [o[0] for o in outs], [o[1] for o in outs], seconds, time.process_time() - cpu
 
 
 def program_name(n: int, chunk: int | None) -> str:
@@ -237,11 +128,6 @@ def program_name(n: int, chunk: int | None) -> str:
   if chunk == 1:
     return "lax.map over seeds"
   return f"lax.map over chunks of {chunk} vmapped seeds"
-
-
-def run_side(side: str, fn, state, data):
-  """One epoch of every seed on one side: ``sequential`` runs them one after another."""
-  return (run_sequential if side == "sequential" else run_vmapped)(fn, state, data)
 
 
 def unstack(tree, n: int) -> list:
@@ -326,22 +212,20 @@ def plot(rows: list[dict], path: str, *, device: str, backend: str, steps: int) 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  log = _common.log
-  info = _common.machine_info()
+  info = h.machine_info()
   backend = info["jax_backend"]
-  log(f"seeds: jax {info['versions']['jax']} on {device_name(info)}")
+  h.log(f"seeds: jax {info['versions']['jax']} on {device_name(info)}")
 
-  train, _, _, data_name = _common.load_mnist_or_random()
-  max_steps = train.shape[0] // BATCH_SIZE
+  train, _, _, data_name = h.load_mnist_or_random()
   steps = args.steps
-  if steps > max_steps:
-    log(f"error: --steps {steps} needs {steps * BATCH_SIZE} examples; "
-        f"the training set has {train.shape[0]} ({max_steps} steps)")
+  if steps * BATCH_SIZE > train.shape[0]:
+    h.log(f"error: --steps {steps} needs {steps * BATCH_SIZE} examples; the training set has "
+          f"{train.shape[0]}")
     return 2
   data = jax.device_put(jnp.asarray(train[: steps * BATCH_SIZE], jnp.float32))
-  log(f"data: {data_name}, {data.shape[0]} x {data.shape[1]}, batch {BATCH_SIZE}, "
-      f"{steps} steps per epoch; seeds {args.seeds}, {args.warmup} warm-up + "
-      f"{args.repeats} timed rounds each")
+  h.log(f"data: {data_name}, {data.shape[0]} x {data.shape[1]}, batch {BATCH_SIZE}, "
+        f"{steps} steps per epoch; seeds {args.seeds}, {args.warmup} warm-up + "
+        f"{args.repeats} timed rounds each")
 
   model = jvae.burda2015(event_shape=(data.shape[1],))
   tr = jvae.trainer(jvae.elbo(model), optax.adam(LEARNING_RATE), batch_size=BATCH_SIZE)
@@ -359,157 +243,88 @@ def main(argv=None) -> int:
     return jvae.fit_init(model, tr, jvae.seed_keys(args.seed, n), data[:2]).train
 
   # The single-seed program, compiled once and reused for every N.
-  one = unstack(init_states(1), 1)[0]
-  state_bytes = tree_bytes(one)
-  seq_fn, seq_lower, seq_comp = compile_fn(tr.epoch, one, data)
-  seq_compile = {"lower_s": seq_lower, "compile_s": seq_comp, "total_s": seq_lower + seq_comp}
-  seq_memory = program_memory(seq_fn)
-  log(f"compile sequential (1 seed, reused): trace+lower {seq_lower:.2f} s, "
-      f"XLA compile {seq_comp:.2f} s; train state {mib(state_bytes)}")
-  del one
+  seq_fn, seq_compile = h.compile_ahead(tr.epoch, unstack(init_states(1), 1)[0], data,
+                                        donate=True)
+  h.log(f"compile sequential (1 seed, reused): {seq_compile:.2f} s")
 
   rows = []
   for n in args.seeds:
     stacked = init_states(n)
-    vm_fn, vm_lower, vm_comp = compile_fn(vmapped_epoch, stacked, data)
-    vm_memory = program_memory(vm_fn)
-    states = unstack(stacked, n)  # the same N seeds for the sequential side
-    log(f"N={n:>3}: compile vmapped: trace+lower {vm_lower:.2f} s, XLA compile {vm_comp:.2f} s; "
-        f"program argument+output+temp "
-        f"{mib(vm_memory and vm_memory['argument_output_temp'])}")
-    fns = {"vmapped": vm_fn, "sequential": seq_fn}
-    carry = {"vmapped": stacked, "sequential": states}
+    vm_fn, vm_compile = h.compile_ahead(vmapped_epoch, stacked, data, donate=True)
+    sequential = unstack(stacked, n)  # the same N seeds for the sequential side
+
+    def run_sequential(states=sequential):
+      outs = [seq_fn(s, data) for s in states]  # dispatched asynchronously, timed to the last
+      states[:] = [o[0] for o in outs]
+      return [o[1] for o in outs]
+
+    runs = {"vmapped": h.Carry(vm_fn, stacked, data), "sequential": run_sequential}
     # jvae's seed program differs from one vmap over all N when it squeezes a single seed or
     # trains the seeds in chunks
     chunked = n == 1 or (chunk is not None and 1 < chunk < n)
+    jvae_compile = None
     if chunked:
       fit_state = jvae.fit_init(model, tr, jvae.seed_keys(args.seed, n), data[:2])
-      ch_fn, ch_lower, ch_comp = compile_fn(jvae_program, fit_state, data)
-      fns["jvae"], carry["jvae"] = ch_fn, fit_state
-      log(f"N={n:>3}: compile jvae seed program ({program_name(n, chunk)}): trace+lower "
-          f"{ch_lower:.2f} s, XLA compile {ch_comp:.2f} s")
+      ch_fn, jvae_compile = h.compile_ahead(jvae_program, fit_state, data, donate=True)
+      runs["jvae"] = h.Carry(ch_fn, fit_state, data)
+    h.log(f"N={n:>3}: compile vmapped {vm_compile:.2f} s"
+          + (f", jvae seed program ({program_name(n, chunk)}) {jvae_compile:.2f} s"
+             if chunked else ""))
+    rounds = h.alternate(runs, rounds=args.repeats, warmup=args.warmup, on_round=lambda r, t, n=n:
+                         h.log(f"N={n:>3}: round {r + 1}: " + ", ".join(
+                             f"{side} {n * steps / t.wall[side][-1]:.1f} seed-steps/s"
+                             for side in t.wall)))
 
-    for i in range(args.warmup):
-      for side in fns:
-        carry[side], _, _, _ = run_side(side, fns[side], carry[side], data)
-      log(f"N={n:>3}: warm-up {i + 1} done")
-
-    times = {side: [] for side in fns}
-    cpu_times = {side: [] for side in fns}
-    last = {}
-    for r in range(args.repeats):
-      order = list(fns) if r % 2 == 0 else list(fns)[::-1]
-      for side in order:
-        carry[side], last[side], dt, cpu = run_side(side, fns[side], carry[side], data)
-        times[side].append(dt)
-        cpu_times[side].append(cpu)
-      log(f"N={n:>3}: round {r + 1}/{args.repeats}: " + ", ".join(
-          f"{side} {times[side][-1]:.3f} s ({n * steps / times[side][-1]:.1f} seed-steps/s, "
-          f"CPU {cpu_times[side][-1]:.3f} s)" for side in fns))
-
-    rate = {side: n * steps / statistics.median(times[side]) for side in fns}
-    vm_rate, seq_rate = rate["vmapped"], rate["sequential"]
-    ratio = vm_rate / seq_rate
-    # The same ratio in seed-steps per CPU second of this process (all its threads): on a machine
-    # shared with other jobs a steadier measure of the work each side does than the wall clock.
-    cpu_ratio = statistics.median(cpu_times["sequential"]) / statistics.median(cpu_times["vmapped"])
-    # jvae's seed program: the chunked one where it chunks, else the one vmap over all N
+    rate = {side: n * steps / rounds.median(side) for side in runs}
+    seq_rate = rate["sequential"]
     jvae_side = "jvae" if chunked else "vmapped"  # one vmap over all N is jvae's program
-    jvae_ratio = rate[jvae_side] / seq_rate
-    jvae_cpu_ratio = (statistics.median(cpu_times["sequential"])
-                      / statistics.median(cpu_times[jvae_side]))
+    cpu = {side: statistics.median(rounds.cpu[side]) for side in runs}
     # All sides ran the same seeds for the same epochs: their training bounds should agree up
     # to floating-point reassociation (a check that the vmapped program trains N distinct seeds).
-    vm_bounds = np.asarray(last["vmapped"]["bound"], np.float64)
-    seq_bounds = np.asarray([m["bound"] for m in last["sequential"]], np.float64)
-    others = [vm_bounds] + ([np.asarray(last["jvae"]["bound"], np.float64)] if chunked else [])
+    seq_bounds = np.asarray([m["bound"] for m in rounds.last["sequential"]], np.float64)
+    others = [np.asarray(runs[side].out["bound"], np.float64) for side in runs
+              if side != "sequential"]
     finite = bool(all(np.all(np.isfinite(b)) for b in [seq_bounds, *others]))
     diff = float(max(np.max(np.abs(b - seq_bounds)) for b in others))
-    memory = {
-        "vmapped_program": vm_memory,
-        "jvae_program": program_memory(fns["jvae"]) if chunked else None,
-        "sequential_program": seq_memory,
-        "sequential_states": n * state_bytes,
-        "process_max_rss": max_rss_bytes(),
-        "device_peak_bytes_in_use": device_peak_bytes(),
-    }
-    log(f"N={n:>3}: median seed-steps/s: vmapped {vm_rate:.1f}"
-        + (f", jvae ({program_name(n, chunk)}) {rate['jvae']:.1f}" if chunked else "")
-        + f", sequential {seq_rate:.1f}; ratio vmapped {ratio:.3f} (CPU-time {cpu_ratio:.3f})"
-        + (f", jvae program {jvae_ratio:.3f} (CPU-time {jvae_cpu_ratio:.3f})" if chunked else "")
-        + f"; bounds {'finite' if finite else 'NOT FINITE'} "
-        f"(mean {vm_bounds.mean():.2f}, seeds {vm_bounds.min():.2f}..{vm_bounds.max():.2f}; "
-        f"max |program - sequential| {diff:.2e}); max RSS {mib(memory['process_max_rss'])}"
-        + ("" if memory["device_peak_bytes_in_use"] is None
-           else f", device peak {mib(memory['device_peak_bytes_in_use'])}"))
-    rows.append({
+    row = {
         "seeds": n,
-        "vmapped_seed_steps_per_s": vm_rate,
+        "vmapped_seed_steps_per_s": rate["vmapped"],
         "sequential_seed_steps_per_s": seq_rate,
-        "ratio": ratio,
+        "ratio": rate["vmapped"] / seq_rate,
         "jvae_program_name": program_name(n, chunk),
-        "jvae_seed_steps_per_s": rate.get("jvae", vm_rate),
+        "jvae_seed_steps_per_s": rate[jvae_side],
         "jvae_program": jvae_side,
-        "jvae_ratio": jvae_ratio,
-        "jvae_cpu_time_ratio": jvae_cpu_ratio,
-        "compile_s": {"vmapped_lower_s": vm_lower, "vmapped_compile_s": vm_comp,
-                      "vmapped_total_s": vm_lower + vm_comp,
-                      "jvae_total_s": (ch_lower + ch_comp) if chunked else None,
-                      "sequential_total_s": seq_compile["total_s"]},
-        "memory": memory,
-        "cpu_time_ratio": cpu_ratio,
-        "epoch_s": times,
-        "epoch_cpu_s": cpu_times,
-        "final_bound_mean": float(vm_bounds.mean()),
+        "jvae_ratio": rate[jvae_side] / seq_rate,
+        # the same ratios per CPU second of this process: steadier on a shared machine
+        "cpu_time_ratio": cpu["sequential"] / cpu["vmapped"],
+        "jvae_cpu_time_ratio": cpu["sequential"] / cpu[jvae_side],
+        "compile_s": {"vmapped": vm_compile, "jvae": jvae_compile, "sequential": seq_compile},
+        **rounds.as_record(),
+        "final_bound_mean": float(others[0].mean()),
         "bound_max_abs_diff": diff,
         "bounds_finite": finite,
-    })
-    del stacked, states, vm_fn, fns, carry
+    }
+    rows.append(row)
+    h.log(f"N={n:>3}: ratio vmapped {row['ratio']:.3f}, jvae program {row['jvae_ratio']:.3f} "
+          f"(CPU-time {row['jvae_cpu_time_ratio']:.3f}); bounds "
+          f"{'finite' if finite else 'NOT FINITE'}, max |program - sequential| {diff:.2e}")
+    del stacked, sequential, runs, rounds
 
-  by_n = {r["seeds"]: r for r in rows}
-  if backend == "cpu":
-    checked = [r["jvae_ratio"] for r in rows if r["seeds"] > 1]
-    goal_met = bool(checked) and min(checked) >= CPU_RATIO_MIN
-    goal_text = f"ratio >= {CPU_RATIO_MIN:g} at every N > 1"
-    if not checked:
-      goal_met = None
-  else:
-    row = by_n.get(GPU_GOAL_SEEDS)
-    goal_met = None if row is None else row["jvae_ratio"] >= GPU_RATIO_AT_64_MIN
-    goal_text = f"ratio >= {GPU_RATIO_AT_64_MIN:g} at N = {GPU_GOAL_SEEDS}"
-  verdict = {True: "met", False: "NOT met", None: "not evaluated (N not measured)"}[goal_met]
-  log(f"goal on {backend} ({goal_text}): {verdict}")
-  log("summary: " + "; ".join(f"N={r['seeds']} jvae program {r['jvae_ratio']:.2f} "
-                              f"({r['jvae_program_name']}), one vmap {r['ratio']:.2f}"
-                              for r in rows))
-
+  multi = [r["jvae_ratio"] for r in rows if r["seeds"] > 1]
+  at64 = next((r["jvae_ratio"] for r in rows if r["seeds"] == GPU_GOAL_SEEDS), None)
+  goals = h.check(GOALS, {
+      "cpu_worst_jvae_ratio": min(multi) if backend == "cpu" and multi else None,
+      "gpu_jvae_ratio_at_64": at64 if backend != "cpu" else None})
   if args.plot:
     plot(rows, args.plot, device=device_name(info), backend=backend, steps=steps)
-    log(f"plot: {args.plot}")
-
-  all_finite = all(r["bounds_finite"] for r in rows)
-  record = {
-      "benchmark": "seeds",
-      "rows": rows,
-      "goal": {"cpu_ratio_min": CPU_RATIO_MIN, "gpu_ratio_at_64_min": GPU_RATIO_AT_64_MIN},
-      "goal_checked": goal_text + " (jvae's seed program: jvae_ratio)",
-      "seed_chunk": chunk,
-      "goal_met": goal_met,
-      "steps_per_epoch": steps,
-      "batch_size": BATCH_SIZE,
-      "repeats": args.repeats,
-      "warmup_rounds": args.warmup,
-      "num_examples": int(data.shape[0]),
-      "data": data_name,
-      "train_state_bytes": state_bytes,
-      "sequential_compile_s": seq_compile,
-      "device_name": device_name(info),
-      "plot": args.plot or None,
-      **info,
-  }
-  _common.emit(record, args.out)
-  if not all_finite:
-    log("error: a final training bound is not finite")
+    h.log(f"plot: {args.plot}")
+  h.emit(h.record("seeds", {
+      "rows": rows, "seed_chunk": chunk, "steps_per_epoch": steps, "batch_size": BATCH_SIZE,
+      "repeats": args.repeats, "warmup_rounds": args.warmup, "num_examples": int(data.shape[0]),
+      "data": data_name, "device_name": device_name(info), "plot": args.plot or None},
+      goals=goals), args.out)
+  if not all(r["bounds_finite"] for r in rows):
+    h.log("error: a final training bound is not finite")
     return 1
   return 0
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 import jvae
-from benchmarks._common import emit, log, machine_info
+from benchmarks._harness import emit, log, record
 from jvae import oracles
 
 ESTIMATORS = ("reparam", "stl", "dreg")
@@ -96,10 +96,10 @@ def main(argv=None):
 
     pathlib.Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.plot)
-  emit({"benchmark": "snr", "keys": args.keys, "rows": rows,
-        "reparam_encoder_snr_ratio": by[("reparam", kmax)] / by[("reparam", kmin)],
-        "dreg_encoder_snr_ratio": by[("dreg", kmax)] / by[("dreg", kmin)],
-        "plot": args.plot, **machine_info()}, args.out)
+  emit(record("snr", {"keys": args.keys, "rows": rows,
+                      "reparam_encoder_snr_ratio": by[("reparam", kmax)] / by[("reparam", kmin)],
+                      "dreg_encoder_snr_ratio": by[("dreg", kmax)] / by[("dreg", kmin)],
+                      "plot": args.plot}), args.out)
 
 
 if __name__ == "__main__":

@@ -3,26 +3,20 @@
 The model is Burda et al.'s (2015) one-stochastic-layer VAE: 784-200-200-50 tanh encoder, mirrored
 decoder, Bernoulli likelihood, trained on the single-sample ELBO with the analytic KL, Adam 1e-3,
 batch 100, one epoch compiled as a ``lax.scan``. Both versions get the same device-resident data,
-batch size and steps per epoch, and both donate their train state. They are compiled first, then
-timed epoch by epoch, alternating (the order flips each round) so that load from other processes
-hits both alike. The goal is ``ratio = jvae / hand-written >= 0.97``.
+batch size and steps per epoch, and both donate their train state. They are compiled ahead of
+time, then timed epoch by epoch, alternating (``_harness.alternate``) so that load from other
+processes hits both alike. Goal: jvae / hand-written steps/s >= 0.97 (the abstraction is free).
 
-Usage::
+    JVAE_DATA_DIR=/path/to/data python -m benchmarks.throughput [--quick] [--rounds R]
+        [--epoch-steps S] [--out FILE.json]
 
-  JVAE_DATA_DIR=/path/to/data python benchmarks/throughput.py [--quick] [--rounds R]
-      [--epoch-steps S] [--out FILE.json]
-
-Human-readable lines go to stderr; the last line on stdout is the JSON record. The headline
-rates are wall-clock; the record also holds each epoch's process CPU time and the CPU-time ratio,
-which is steadier when other jobs share the machine (pin with ``taskset -c 0`` for the steadiest).
+The headline rates are wall-clock medians; the record also holds every epoch's process CPU time
+(steadier when other jobs share the machine; pin with ``taskset -c 0`` for the steadiest).
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -32,17 +26,14 @@ import optax
 
 import jvae
 
-try:  # run as a module: python -m benchmarks.throughput
-  from benchmarks import _common
-except ImportError:  # run as a script: python benchmarks/throughput.py
-  import _common
+from benchmarks import _harness as h
 
 BATCH_SIZE = 100
 LEARNING_RATE = 1e-3
 HIDDEN = 200
 LATENT = 50
 MIN_SCALE = 1e-4  # jvae's GaussianPosterior floor on σ.
-GOAL = 0.97
+GOALS = [h.Goal("ratio", ">=", 0.97, "jvae / hand-written steps/s")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,135 +138,73 @@ def num_params(tree) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def compile_epoch(epoch_fn, state, data):
-  """AOT-compile ``epoch_fn`` with the state donated; returns (compiled, lower_s, compile_s)."""
-  start = time.perf_counter()
-  lowered = jax.jit(epoch_fn, donate_argnums=0).lower(state, data)
-  lowered_at = time.perf_counter()
-  compiled = lowered.compile()
-  return compiled, lowered_at - start, time.perf_counter() - lowered_at
-
-
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--rounds", type=int, default=None,
-                 help="timed rounds of [jvae epoch, hand-written epoch] (default 5)")
+  p = h.parser(__doc__)
+  p.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
   p.add_argument("--epoch-steps", type=int, default=None,
                  help="steps per epoch, using the first steps*batch training examples "
                       "(default: a full epoch; 100 if --quick)")
   p.add_argument("--warmup", type=int, default=1,
                  help="untimed epochs of each version after compiling (default 1)")
-  p.add_argument("--quick", action="store_true", help="short run: 100 steps per epoch, 5 rounds")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default=None, help="also write the JSON record to this file")
   args = p.parse_args(argv)
-  if args.rounds is None:
-    args.rounds = 5
   if args.epoch_steps is None and args.quick:
     args.epoch_steps = 100
-  if args.rounds < 1:
-    p.error("--rounds must be >= 1")
-  if args.epoch_steps is not None and args.epoch_steps < 1:
-    p.error("--epoch-steps must be >= 1")
+  if args.rounds < 1 or (args.epoch_steps is not None and args.epoch_steps < 1):
+    p.error("--rounds and --epoch-steps must be >= 1")
   if args.warmup < 0:
     p.error("--warmup must be >= 0")
   return args
 
 
+def training_data(steps: int | None):
+  """The first ``steps`` batches of the training set on the device (all of it for None), its
+  name and the number of steps; exits with a message when the set is too small."""
+  train, _, test, name = h.load_mnist_or_random()
+  max_steps = train.shape[0] // BATCH_SIZE
+  steps = max_steps if steps is None else steps
+  if steps > max_steps:
+    raise SystemExit(f"error: {steps} steps need {steps * BATCH_SIZE} examples; the training "
+                     f"set has {train.shape[0]} ({max_steps} steps)")
+  return np.ascontiguousarray(train[: steps * BATCH_SIZE], np.float32), test, name, steps
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
-  log = _common.log
-  info = _common.machine_info()
-  log(f"throughput: jax {info['versions']['jax']} on {info['jax_backend']} "
-      f"({info['device_kind']}), {info['cpu_usable']} usable CPUs")
-
-  train, _, _, data_name = _common.load_mnist_or_random()
-  max_steps = train.shape[0] // BATCH_SIZE
-  steps = max_steps if args.epoch_steps is None else args.epoch_steps
-  if steps > max_steps:
-    log(f"error: --epoch-steps {steps} needs {steps * BATCH_SIZE} examples; "
-        f"the training set has {train.shape[0]} ({max_steps} steps)")
-    return 2
-  data = jax.device_put(jnp.asarray(train[: steps * BATCH_SIZE], jnp.float32))
-  log(f"data: {data_name}, {data.shape[0]} x {data.shape[1]}, batch {BATCH_SIZE}, "
-      f"{steps} steps per epoch, {args.rounds} rounds")
+  train, _, data_name, steps = training_data(args.epoch_steps)
+  data = jax.device_put(jnp.asarray(train))
+  h.log(f"throughput on {jax.default_backend()}: {data_name}, {data.shape[0]} x {data.shape[1]}, "
+        f"batch {BATCH_SIZE}, {steps} steps per epoch, {args.rounds} rounds")
 
   key_j, key_h = jax.random.split(jax.random.key(args.seed))
   versions = {"jvae": jvae_setup(data, key_j), "hand": hand_setup(data, key_h)}
   sizes = {name: num_params(state[0]) for name, (_, state) in versions.items()}
-  log(f"parameters: jvae {sizes['jvae']}, hand-written {sizes['hand']}")
   if sizes["jvae"] != sizes["hand"]:
-    log("error: the two models differ in size; they are not the same architecture")
+    h.log(f"error: the two models differ in size ({sizes}); they are not the same architecture")
     return 2
-
-  fns, states, compile_s = {}, {}, {}
+  runs, compile_s = {}, {}
   for name, (epoch_fn, state) in versions.items():
-    fns[name], lower_s, comp_s = compile_epoch(epoch_fn, state, data)
-    states[name] = state
-    compile_s[name] = {"lower_s": lower_s, "compile_s": comp_s, "total_s": lower_s + comp_s}
-    log(f"compile {name:>4}: trace+lower {lower_s:.2f} s, XLA compile {comp_s:.2f} s")
+    compiled, compile_s[name] = h.compile_ahead(epoch_fn, state, data, donate=True)
+    runs[name] = h.Carry(compiled, state, data)
+    h.log(f"compile {name}: {compile_s[name]:.2f} s")
 
-  metrics = {}
-  for i in range(args.warmup):
-    for name in ("jvae", "hand"):
-      (states[name], metrics[name]), dt = _common.timeit_epoch(fns[name], states[name], data)
-      log(f"warm-up {i + 1} {name:>4}: {dt:.2f} s ({steps / dt:.1f} steps/s)")
-
-  times = {"jvae": [], "hand": []}
-  cpu_times = {"jvae": [], "hand": []}
-  for r in range(args.rounds):
-    order = ("jvae", "hand") if r % 2 == 0 else ("hand", "jvae")
-    for name in order:
-      (states[name], metrics[name]), dt, cpu = _common.timeit_epoch(
-          fns[name], states[name], data, with_cpu=True)
-      times[name].append(dt)
-      cpu_times[name].append(cpu)
-    log(f"round {r + 1}/{args.rounds}: " + ", ".join(
-        f"{name} {times[name][-1]:.3f} s ({steps / times[name][-1]:.1f} steps/s, "
-        f"cpu {cpu_times[name][-1]:.3f} s)" for name in ("jvae", "hand")))
-
-  rate = {name: steps / statistics.median(ts) for name, ts in times.items()}
+  rounds = h.alternate(runs, rounds=args.rounds, warmup=args.warmup, on_round=lambda r, t: h.log(
+      f"round {r + 1}: " + ", ".join(f"{n} {steps / t.wall[n][-1]:.1f} steps/s" for n in runs)))
+  rate = {name: steps / rounds.median(name) for name in runs}
   ratio = rate["jvae"] / rate["hand"]
-  per_round = [th / tj for tj, th in zip(times["jvae"], times["hand"], strict=True)]
-  ratio_best = min(times["hand"]) / min(times["jvae"])  # fastest epochs: least disturbed
-  cpu_ratio = statistics.median(cpu_times["hand"]) / statistics.median(cpu_times["jvae"])
-  bounds = {name: float(metrics[name]["bound"]) for name in times}
+  bounds = {name: float(run.out["bound"]) for name, run in runs.items()}
   finite = all(np.isfinite(b) for b in bounds.values())
-  epochs = args.warmup + args.rounds
-  log(f"final training bound after {epochs} epochs: jvae {bounds['jvae']:.3f}, "
-      f"hand-written {bounds['hand']:.3f} ({'finite' if finite else 'NOT FINITE'})")
-  log(f"median steps/s: jvae {rate['jvae']:.1f}, hand-written {rate['hand']:.1f}, "
-      f"ratio {ratio:.3f} (per round {min(per_round):.3f}..{max(per_round):.3f}; "
-      f"goal >= {GOAL})")
-  log(f"ratio of the fastest epochs: {ratio_best:.3f}; ratio of median CPU times: {cpu_ratio:.3f}")
-
-  record = {
-      "benchmark": "throughput",
-      "jvae_steps_per_s": rate["jvae"],
-      "hand_steps_per_s": rate["hand"],
-      "ratio": ratio,
-      "ratio_per_round": per_round,
-      "ratio_best": ratio_best,
-      "goal_ratio": GOAL,
-      "compile_s": compile_s,
-      "epoch_s": times,
-      "cpu_ratio": cpu_ratio,
-      "epoch_cpu_s": cpu_times,
-      "rounds": args.rounds,
-      "warmup_epochs": args.warmup,
-      "steps_per_epoch": steps,
-      "batch_size": BATCH_SIZE,
-      "num_examples": int(data.shape[0]),
-      "num_params": sizes["jvae"],
-      "data": data_name,
-      "final_bound": bounds,
-      "bounds_finite": finite,
-      **info,
-  }
-  _common.emit(record, args.out)
+  h.log(f"median steps/s: jvae {rate['jvae']:.1f}, hand-written {rate['hand']:.1f}; final "
+        f"training bounds {bounds} ({'finite' if finite else 'NOT FINITE'})")
+  goals = h.check(GOALS, {"ratio": ratio})
+  h.emit(h.record("throughput", {
+      "jvae_steps_per_s": rate["jvae"], "hand_steps_per_s": rate["hand"], "ratio": ratio,
+      "compile_s": compile_s, **rounds.as_record(), "rounds": args.rounds,
+      "warmup_epochs": args.warmup, "steps_per_epoch": steps, "batch_size": BATCH_SIZE,
+      "num_params": sizes["jvae"], "data": data_name, "final_bound": bounds}, goals=goals),
+      args.out)
   if not finite:
-    log("error: a final training bound is not finite")
+    h.log("error: a final training bound is not finite")
     return 1
   return 0
 

@@ -14,7 +14,15 @@ PRIORS = ("standard", "learned", "mixture", "vamp")
 POSTERIORS = ("gaussian", "fullcov", "iaf")
 ESTIMATORS = ("reparam", "stl", "dreg")
 OPTIMIZERS = ("adam", "adamax")
-DATASETS = ("digits", "binarized_mnist", "mnist")
+DATASETS = ("digits", "binarized_mnist", "mnist", "mnist-dynamic", "omniglot", "fashion_mnist",
+            "frey")
+# Data sets whose x are grey levels in [0, 1], binarized afresh at every training batch.
+DYNAMIC_DATASETS = ("mnist-dynamic", "omniglot", "fashion_mnist")
+# Data sets of continuous x, for which --likelihood defaults to gaussian.
+CONTINUOUS_DATASETS = ("frey",)
+LIKELIHOODS = ("bernoulli", "gaussian")
+# --model cvae on quadrants: the statically binarized MNIST only.
+QUADRANT_DATASETS = ("binarized_mnist", "mnist")
 DEFAULT_EPOCHS = 100
 DEFAULT_ADAM_EPS = 1e-8  # optax.adam and optax.adamax
 
@@ -57,7 +65,7 @@ LATENT_DIMS = {"mlp": 8, "kingma2014": 20, "burda2015": 50, "cvae": 20, "m2": 50
 HIDDEN = {"mlp": (128, 64), "cvae": (500,), "burda2015_2layer": (200, 100), "lvae": (512, 256),
           "m2": (500,)}
 # The data sets with class labels, for --model m2 (binarized MNIST has none).
-LABELLED_DATASETS = ("digits",)
+LABELLED_DATASETS = ("digits", "mnist-dynamic", "fashion_mnist")
 # The default --latent-dims of the layered models, (d_1, …, d_L).
 LAYER_LATENT_DIMS = {"burda2015_2layer": (100, 50), "lvae": (64, 32)}
 DEFAULT_VAMP_COMPONENTS = 50
@@ -70,7 +78,24 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
   """Adds ``jvae train``'s options to ``t``; returns their actions."""
   add = t.add_argument
   return [
-      add("--data", choices=DATASETS, default="digits"),
+      add("--data", choices=DATASETS, default="digits",
+          help="digits: scikit-learn's 8x8 digits, binarized (the default, bundled); "
+               "binarized_mnist (alias mnist): the statically binarized MNIST of Larochelle & "
+               "Murray, 50k/10k/10k; mnist-dynamic: the canonical MNIST, a fresh Bernoulli draw of "
+               "every training batch and one fixed draw of valid and test (Burda et al. 2015), "
+               "with labels; omniglot: Burda et al.'s 28x28 Omniglot (chardata.mat), binarized "
+               "dynamically; fashion_mnist: Fashion-MNIST, binarized dynamically, with labels; "
+               "frey: the Frey faces, 28x20 grey levels, continuous (--likelihood gaussian). "
+               "Files are downloaded once into $JVAE_DATA_DIR (else ~/.cache/jvae) and "
+               "verified by checksum"),
+      add("--valid-size", type=_positive_int, default=None, metavar="N",
+          help="--data mnist-dynamic, fashion_mnist, omniglot: the last N training images are "
+               "the validation split (default 10,000 for the MNISTs, Burda's 1,345 for "
+               "Omniglot; Burda et al. 2015 hold out 400 of MNIST's 60,000)"),
+      add("--likelihood", choices=LIKELIHOODS, default=None,
+          help="p(x|z) of mlp, kingma2014, burda2015, burda2015_2layer and lvae: bernoulli "
+               "(default for binary data) or gaussian with a learned scale (default for --data "
+               "frey)"),
       add("--model", choices=MODELS, default="mlp",
           help="mlp: --hidden/--latent-dim; kingma2014: 784-500-20; burda2015: 784-200-200-50; "
                "burda2015_2layer: two stochastic layers, 784-(200,200)-100-(100,100)-50 "
@@ -234,6 +259,13 @@ def default_train_options() -> dict:
   return {a.dest: a.default for a in _add_train_arguments(p)}
 
 
+def resolve_likelihood(o: dict) -> str:
+  """``--likelihood``, or its default: gaussian for continuous data (frey), else bernoulli."""
+  if o.get("likelihood"):
+    return o["likelihood"]
+  return "gaussian" if o["data"] in CONTINUOUS_DATASETS else "bernoulli"
+
+
 def latent_size(model: str, latent_dim: int | None) -> int:
   """The size of z that ``--model`` and ``--latent-dim`` give (models with one stochastic layer)."""
   return latent_dim if latent_dim is not None else LATENT_DIMS[model]
@@ -359,6 +391,19 @@ def _model_problems(o: dict, given: set[str]) -> list[str]:
     out.append(f"--vamp-components applies to --prior vamp only, not {prior}")
   if prior != "mixture" and "prior_components" in given:
     out.append(f"--prior-components applies to --prior mixture only, not {prior}")
+  if model == "cvae" and o["data"] not in ("digits", *QUADRANT_DATASETS):
+    out.append(f"--model cvae runs on --data digits (conditioned on the label) or on the "
+               f"statically binarized MNIST (--data binarized_mnist, on quadrants), not "
+               f"--data {o['data']}")
+  if "likelihood" in given and model in ("cvae", "m2"):
+    out.append(f"--likelihood applies to --model mlp, kingma2014, burda2015, burda2015_2layer "
+               f"and lvae: --model {model} has a Bernoulli p(x|...)")
+  if "valid_size" in given and o["data"] not in DYNAMIC_DATASETS:
+    out.append(f"--valid-size applies to --data {', '.join(DYNAMIC_DATASETS)}, whose "
+               f"validation images come from the training files; --data {o['data']} has a "
+               "fixed split")
+  if model == "m2" and o["data"] in CONTINUOUS_DATASETS:
+    out.append(f"--model m2 needs binary data, not --data {o['data']}")
   quadrants = list(o["observed_quadrants"])
   if "observed_quadrants" in given:
     if model != "cvae" or o["data"] == "digits":

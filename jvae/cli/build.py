@@ -31,6 +31,7 @@ import jvae
 from jvae.cli import args as _cli
 from jvae.io import conditional_data as _cdata
 from jvae.io import data as _data
+from jvae.io import datasets as _datasets
 from jvae.io import semi_supervised as _sdata
 from jvae.models.contract import num_examples
 from jvae.models.m2 import m2 as _m2
@@ -51,6 +52,8 @@ class RunData:
     mask: for ``"quadrants"``, the ``(h, w)`` bool mask, True on the pixels in c.
     num_classes: for semi-supervised data (``Batch(x, y, mask)``, ``--model m2``), the number
       of classes of y; else None.
+    binarize: ``"static"`` (binary x), ``"dynamic"`` (train x are grey levels, binarized afresh
+      at every training batch; valid and test one fixed draw) or None (continuous x).
   """
 
   name: str
@@ -62,6 +65,7 @@ class RunData:
   conditioning: str | None = None
   mask: np.ndarray | None = None
   num_classes: int | None = None
+  binarize: str | None = "static"
 
   @property
   def cond_dim(self) -> int:
@@ -83,6 +87,21 @@ def size(data) -> int:
   return num_examples(data)
 
 
+def load_dataset(cfg: dict) -> _data.Dataset:
+  """``--data`` as a :class:`jvae.io.data.Dataset`, with ``--valid-size`` where given."""
+  if cfg.get("valid_size") is None:
+    return _data.load(cfg["data"])
+  loader = {"mnist-dynamic": _datasets.load_mnist_dynamic,
+            "fashion_mnist": _datasets.load_fashion_mnist,
+            "omniglot": _datasets.load_omniglot}[cfg["data"]]
+  try:
+    return loader(valid_size=cfg["valid_size"])
+  except ValueError as err:
+    if isinstance(err, _data.DataIntegrityError):
+      raise
+    raise _cli.UsageError(f"--valid-size {cfg['valid_size']}: {err}") from None
+
+
 def load_data(cfg: dict) -> RunData:
   """The data a config trains on: ``--data``, as ``Batch(x, c)`` splits for ``--model cvae``,
   ``Batch(x, y, mask)`` splits with ``--labels`` labelled training points for ``--model m2``.
@@ -94,9 +113,9 @@ def load_data(cfg: dict) -> RunData:
   if cfg["model"] == "m2":
     return _semi_supervised_data(cfg)
   if cfg["model"] != "cvae":
-    ds = _data.load(cfg["data"])
+    ds = load_dataset(cfg)
     return RunData(cfg["data"], ds.train, ds.valid, ds.test, tuple(ds.event_shape),
-                   ds.image_shape)
+                   ds.image_shape, binarize=ds.binarize)
   if cfg["data"] == "digits":
     splits = _cdata.digits_conditional()
     return RunData(cfg["data"], *splits, splits.event_shape, _square(splits.event_shape),
@@ -114,12 +133,19 @@ def _semi_supervised_data(cfg: dict) -> RunData:
                           f"have; use --data {' or '.join(_cli.LABELLED_DATASETS)}")
   if cfg.get("labels") is None:
     raise _cli.UsageError("--model m2 needs --labels N, the number of labelled training points")
+  binarize, image_shape = "static", None
   try:
-    splits = _sdata.digits_semi_supervised(num_labels=cfg["labels"], seed=cfg["seed"])
+    if cfg["data"] == "digits":
+      splits = _sdata.digits_semi_supervised(num_labels=cfg["labels"], seed=cfg["seed"])
+    else:
+      ds = load_dataset(cfg)
+      splits = _sdata.labelled_semi_supervised(ds, num_labels=cfg["labels"], seed=cfg["seed"])
+      binarize, image_shape = ds.binarize, ds.image_shape
   except ValueError as err:
     raise _cli.UsageError(f"--labels {cfg['labels']}: {err}") from None
   return RunData(cfg["data"], splits.train, splits.valid, splits.test, splits.event_shape,
-                 _square(splits.event_shape), num_classes=splits.num_classes)
+                 image_shape or _square(splits.event_shape), num_classes=splits.num_classes,
+                 binarize=binarize)
 
 
 def classifier_weight(cfg: dict, data) -> float:
@@ -167,12 +193,15 @@ def build_model(cfg: dict, data):
                      hidden=tuple(cfg["hidden"] or _cli.HIDDEN[model]))
   if model in _cli.LAYERED_MODELS:
     hidden, dims = _cli.layer_sizes(model, cfg["hidden"], cfg.get("latent_dims"))
+    likelihood = _cli.resolve_likelihood(cfg)
     if model == "lvae":
-      return jvae.PRESETS[model](event_shape=event_shape, hidden=hidden, latent_dims=dims)
-    return jvae.PRESETS[model](event_shape=event_shape, latent_dims=dims,
+      return jvae.PRESETS[model](event_shape=event_shape, hidden=hidden, latent_dims=dims,
+                                 likelihood=likelihood)
+    return jvae.PRESETS[model](event_shape=event_shape, latent_dims=dims, likelihood=likelihood,
                                hidden=tuple((h, h) for h in hidden),
                                posterior=cfg["posterior"], iaf_steps=cfg["iaf_steps"])
-  kwargs = {"event_shape": event_shape, "posterior": cfg["posterior"],
+  likelihood = _cli.resolve_likelihood(cfg)
+  kwargs = {"event_shape": event_shape, "posterior": cfg["posterior"], "likelihood": likelihood,
             "iaf_steps": cfg["iaf_steps"], "latent_dim": _cli.latent_size(model, cfg["latent_dim"])}
   if model == "mlp":
     base = jvae.mlp_vae(hidden=tuple(cfg["hidden"] or _cli.HIDDEN[model]), **kwargs)

@@ -51,7 +51,8 @@ __all__ = ["DataIntegrityError", "Run", "load_run", "RunData", "RunError", "Usag
            "build_bound",
            "build_model"]
 
-CONFIG_KEYS = ("data", "model", "hidden", "latent_dim", "latent_dims", "prior", "vamp_components",
+CONFIG_KEYS = ("data", "valid_size", "likelihood", "model", "hidden", "latent_dim", "latent_dims",
+               "prior", "vamp_components",
                "prior_components", "observed_quadrants", "labels", "classifier_weight",
                "posterior", "iaf_steps", "bound",
                "num_samples", "groups", "alpha", "elbo_weight", "kl", "estimator",
@@ -91,6 +92,8 @@ class Run:
     try:
       self.model = build_model(cfg, self.data)
       self.objective = build_bound(self.model, cfg, for_training=True, data=self.data)
+      if self.data.binarize == "dynamic":  # a fresh draw of every training batch
+        self.objective = jvae.dynamic_binarization(self.objective)
       self.valid_bound = build_bound(self.model, cfg, for_training=False, data=self.data)
     except ValueError as err:
       raise UsageError(str(err)) from err

@@ -15,6 +15,8 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+from flax.linen.linear import default_kernel_init
 
 from jvae.bounds.numerics import check_number, softplus_scale
 
@@ -42,6 +44,11 @@ class GaussianPosterior(nn.Module):
   Attributes:
     latent_dim: size d of z.
     min_scale: floor on σ, keeping log σ and 1/σ finite; a finite number > 0.
+    fuse_heads: compute μ and σ's pre-activation with one matmul of width 2d instead of two of
+      width d. The parameters are the same either way (two ``nn.Dense``, ``loc`` and ``scale``:
+      names, shapes and init values), so checkpoints load into both; the outputs agree to float32
+      rounding, not bitwise (the GEMM sums in another order). Fewer, larger dots: ~3% of a Burda
+      et al. (2015) training step on a 2-core CPU (issue 15); the presets use it.
 
   Raises:
     ValueError: when built with a static ``min_scale`` that is 0, negative, NaN or infinite.
@@ -49,6 +56,7 @@ class GaussianPosterior(nn.Module):
 
   latent_dim: int
   min_scale: float = DEFAULT_MIN_SCALE
+  fuse_heads: bool = False
 
   def __post_init__(self):
     check_min_scale(self.min_scale, "GaussianPosterior")
@@ -57,9 +65,30 @@ class GaussianPosterior(nn.Module):
   @nn.compact
   def __call__(self, h: Array) -> distrax.MultivariateNormalDiag:
     chex.assert_rank(h, 2)
-    loc = nn.Dense(self.latent_dim, name="loc")(h)
-    scale = softplus_scale(nn.Dense(self.latent_dim, name="scale")(h), self.min_scale)
-    return distrax.MultivariateNormalDiag(loc, scale)
+    d = self.latent_dim
+    if not self.fuse_heads:
+      loc = nn.Dense(d, name="loc")(h)
+      return distrax.MultivariateNormalDiag(
+          loc, softplus_scale(nn.Dense(d, name="scale")(h), self.min_scale))
+    loc_kernel, loc_bias = _DenseParams(d, name="loc")(h.shape[-1])
+    scale_kernel, scale_bias = _DenseParams(d, name="scale")(h.shape[-1])
+    h, kernel, bias = promote_dtype(h, jnp.concatenate([loc_kernel, scale_kernel], axis=1),
+                                    jnp.concatenate([loc_bias, scale_bias]))
+    out = jax.lax.dot_general(h, kernel, (((1,), (0,)), ((), ()))) + bias
+    return distrax.MultivariateNormalDiag(out[:, :d], softplus_scale(out[:, d:], self.min_scale))
+
+
+class _DenseParams(nn.Module):
+  """The parameters of ``nn.Dense(features)`` (names, shapes, initialisers and so init values all
+  the same) returned as ``(kernel, bias)`` instead of applied, so that heads can share a matmul."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, fan_in: int) -> tuple[Array, Array]:
+    kernel = self.param("kernel", default_kernel_init, (fan_in, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    return kernel, bias
 
 
 class TriangularAffine(distrax.Bijector):

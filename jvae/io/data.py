@@ -1,7 +1,8 @@
-"""Binary image data sets as numpy arrays (layer 6).
+"""Image data sets as numpy arrays (layer 6).
 
-Every loader returns a :class:`Dataset` of ``float32`` arrays of shape ``(N, D)`` holding exactly
-0/1 values; training code moves them to devices itself, so nothing here imports JAX.
+Every loader returns a :class:`Dataset` of ``float32`` arrays of shape ``(N, D)``; its
+``binarize`` field says how they are binary (the two loaders here give exactly 0/1 values,
+``"static"``). Training code moves them to devices itself, so nothing here imports JAX.
 
 * ``"binarized_mnist"`` (alias ``"mnist"``): the statically binarized MNIST of Larochelle & Murray
   (2011), train/valid/test 50,000/10,000/10,000 images of 28×28 pixels. Read from a data directory
@@ -10,6 +11,9 @@ Every loader returns a :class:`Dataset` of ``float32`` arrays of shape ``(N, D)`
   are checked against the sha256 of the canonical text files.
 * ``"digits"``: scikit-learn's bundled 8×8 digits (1,797 images), thresholded at 8 of 16, with a
   fixed 1,197/300/300 split.
+* ``"mnist-dynamic"``, ``"fashion_mnist"``, ``"omniglot"``, ``"frey"``: dynamically binarized
+  MNIST, Fashion-MNIST and Omniglot and continuous Frey faces, read from the canonical files;
+  see :mod:`jvae.io.datasets`.
 
 Every data failure raises one of two errors, whose message names the file or URL and the data
 directory (and whether it came from ``$JVAE_DATA_DIR`` or the default), and says what to do: a
@@ -21,15 +25,9 @@ partial file nor a directory it created, and files already present are never rep
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.client
-import itertools
 import os
 import pathlib
-import urllib.error
-import urllib.request
-import uuid
 import zipfile
 import zlib
 from typing import NamedTuple
@@ -37,8 +35,13 @@ from typing import NamedTuple
 import numpy as np
 import sklearn.datasets
 
-DATASETS = ("binarized_mnist", "digits")
+from jvae.io import download as _download
+from jvae.io.download import DataIntegrityError, DataUnavailableError
+
+DATASETS = ("binarized_mnist", "digits", "mnist-dynamic", "fashion_mnist", "omniglot", "frey")
 _ALIASES = {"mnist": "binarized_mnist"}
+_MORE = {"mnist-dynamic": "load_mnist_dynamic", "fashion_mnist": "load_fashion_mnist",
+         "omniglot": "load_omniglot", "frey": "load_frey"}  # name: loader in jvae.io.datasets
 
 MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"
 MNIST_NPZ = "binarized_mnist.npz"
@@ -49,7 +52,6 @@ MNIST_SPLITS = {
     "test": (10000, "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c"),
 }
 _LINE_BYTES = 2 * MNIST_PIXELS  # 784 digits, 783 spaces, one newline.
-_CHUNK = 1 << 20
 
 DIGITS_SPLIT = (1197, 300, 300)
 
@@ -57,24 +59,26 @@ _FIX = ("set JVAE_DATA_DIR to a directory holding binarized_mnist.npz or the thr
         "binarized_mnist_{train,valid,test}.amat")
 
 
-class DataIntegrityError(ValueError):
-  """A data file is malformed or does not match its expected size or checksum."""
-
-
-class DataUnavailableError(FileNotFoundError):
-  """Data files are missing, or unreadable, and may not or could not be downloaded."""
-
-
 class Dataset(NamedTuple):
-  """Train/valid/test splits of a binary data set.
+  """Train/valid/test splits of a data set.
 
   Attributes:
     name: canonical name, one of :data:`DATASETS`.
-    train: ``float32`` array of shape ``(N_train, D)`` with values in {0, 1}.
-    valid: ``float32`` array of shape ``(N_valid, D)``.
-    test: ``float32`` array of shape ``(N_test, D)``.
+    train: ``float32`` array of shape ``(N_train, D)``: values in {0, 1} when ``binarize`` is
+      ``"static"``, probabilities in [0, 1] when it is ``"dynamic"``, continuous values when None.
+    valid: ``float32`` array of shape ``(N_valid, D)``; in {0, 1} unless ``binarize`` is None.
+    test: ``float32`` array of shape ``(N_test, D)``; in {0, 1} unless ``binarize`` is None.
     event_shape: shape of one example, ``(D,)``.
     image_shape: ``(height, width)`` with ``height * width == D`` for pictures, else None.
+    labels: class labels ``(train, valid, test)``, ``int32`` arrays of shapes ``(N_train,)``,
+      ``(N_valid,)``, ``(N_test,)``, or None for a data set without them.
+    binarize: how the data are binary. ``"static"``: every split is binary already (one fixed
+      draw, e.g. Larochelle's MNIST). ``"dynamic"``: ``train`` holds grey levels, to be drawn
+      afresh as Bernoulli pixels for every training batch (e.g. with
+      :func:`jvae.objectives.binarize.dynamic_binarization`), while ``valid`` and ``test`` are one
+      fixed, seeded draw each, so every evaluation sees the same binary images. None: continuous
+      data (e.g. Frey faces for a Gaussian likelihood), nothing is binary. Defaults to
+      ``"static"``, what every Dataset was before the field existed.
   """
 
   name: str
@@ -83,6 +87,8 @@ class Dataset(NamedTuple):
   test: np.ndarray
   event_shape: tuple[int, ...]
   image_shape: tuple[int, int] | None = None
+  labels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+  binarize: str | None = "static"
 
 
 def default_data_dir() -> pathlib.Path:
@@ -107,13 +113,14 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None,
   """Loads a data set by name.
 
   Args:
-    name: one of :data:`DATASETS` or the alias ``"mnist"``.
+    name: one of :data:`DATASETS` or the alias ``"mnist"`` (statically binarized MNIST).
     data_dir: directory for files on disk; defaults to :func:`default_data_dir`. Unused by
       ``"digits"``.
     download: whether missing files may be downloaded.
 
   Returns:
-    The :class:`Dataset`.
+    The :class:`Dataset`; the loaders of :mod:`jvae.io.datasets` with their default options for
+    ``"mnist-dynamic"``, ``"fashion_mnist"``, ``"omniglot"`` and ``"frey"``.
 
   Raises:
     ValueError: for an unknown name.
@@ -123,6 +130,10 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None,
     return load_binarized_mnist(data_dir, download=download)
   if canonical == "digits":
     return load_digits()
+  if canonical in _MORE:
+    from jvae.io import datasets  # imports this module: loaded on first use only
+
+    return getattr(datasets, _MORE[canonical])(data_dir, download=download)
   known = ", ".join(repr(n) for n in (*DATASETS, *_ALIASES))
   raise ValueError(f"unknown data set {name!r}; known names: {known}")
 
@@ -142,7 +153,7 @@ def load_digits() -> Dataset:
   perm = np.random.default_rng(0).permutation(len(x))
   n_train, n_valid, _ = DIGITS_SPLIT
   train, valid, test = np.split(x[perm], [n_train, n_train + n_valid])
-  return Dataset("digits", train, valid, test, (64,), (8, 8))
+  return Dataset("digits", train, valid, test, (64,), (8, 8), binarize="static")
 
 
 def load_binarized_mnist(data_dir: str | os.PathLike | None = None, *,
@@ -174,7 +185,7 @@ def load_binarized_mnist(data_dir: str | os.PathLike | None = None, *,
               f"downloaded again, or {_FIX}.")
   npz = data_dir / MNIST_NPZ
   if npz.is_file():
-    with _advice(bad_file):
+    with _download.advice(bad_file):
       splits = _read_mnist_npz(npz)
   else:
     missing = [s for s in MNIST_SPLITS if not _amat_path(data_dir, s).is_file()]
@@ -191,10 +202,10 @@ def load_binarized_mnist(data_dir: str | os.PathLike | None = None, *,
       if split in missing:
         splits[split] = _download_amat(path, split, where)
       else:
-        with _advice(bad_file):
+        with _download.advice(bad_file):
           splits[split] = _read_amat(path, split)
   return Dataset("binarized_mnist", splits["train"], splits["valid"], splits["test"],
-                 (MNIST_PIXELS,), (28, 28))
+                 (MNIST_PIXELS,), (28, 28), binarize="static")
 
 
 def _amat_path(data_dir: pathlib.Path, split: str) -> pathlib.Path:
@@ -283,9 +294,7 @@ def _check_sha(label: str, expected: str, got: str, what: str = "sha256") -> Non
 def _download_amat(path: pathlib.Path, split: str, where: str) -> np.ndarray:
   """Downloads ``path`` from :data:`MNIST_URL`, verifies it, then moves it into place.
 
-  The bytes stream into a temporary file beside ``path``, in a directory made only once the
-  source answers; on any failure that file and the directories made for it are removed again, so
-  ``path`` only ever appears complete and verified.
+  See :func:`jvae.io.download.fetch`: ``path`` only ever appears complete and verified.
 
   Args:
     path: where the file belongs.
@@ -297,54 +306,5 @@ def _download_amat(path: pathlib.Path, split: str, where: str) -> np.ndarray:
     DataUnavailableError: the download failed.
   """
   url = f"{MNIST_URL.rstrip('/')}/{path.name}"
-  from tqdm.auto import tqdm  # only when downloading: no widget warning on plain imports
-
-  try:
-    with _part_file(path) as tmp:
-      with urllib.request.urlopen(url, timeout=60) as response:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with open(tmp, "xb") as f, tqdm(total=total, unit="B", unit_scale=True,
-                                        desc=path.name) as bar:
-          while chunk := response.read(_CHUNK):
-            f.write(chunk)
-            bar.update(len(chunk))
-      with _advice(f"The download was discarded; the data directory is {where}. Try again "
-                   f"later, or {_FIX}."):
-        x = _read_amat(tmp, split, label=f"{url} (downloaded for {path})")
-      os.replace(tmp, path)
-  except (OSError, http.client.HTTPException) as err:
-    reason = err.reason if type(err) is urllib.error.URLError else err
-    raise DataUnavailableError(
-        f"could not download {url} into the data directory {where}: {reason}. Check the network "
-        f"connection and try again, or {_FIX}.") from err
-  return x
-
-
-@contextlib.contextmanager
-def _advice(text: str):
-  """Appends ``text``, what to do, to the message of a data error raised inside."""
-  try:
-    yield
-  except (DataIntegrityError, DataUnavailableError) as err:
-    raise type(err)(f"{err}. {text}") from err.__cause__
-
-
-@contextlib.contextmanager
-def _part_file(path: pathlib.Path):
-  """Yields a temporary name beside ``path``, removed on leaving.
-
-  Directories above it that did not exist on entry are removed as well if they are still empty.
-  """
-  new_dirs = list(itertools.takewhile(lambda d: not d.exists(),
-                                      (path.parent, *path.parent.parents)))
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-  try:
-    yield tmp
-  finally:
-    tmp.unlink(missing_ok=True)
-    for directory in new_dirs:  # Deepest first; one still holding files keeps its parents.
-      try:
-        directory.rmdir()
-      except OSError:
-        break
+  return _download.fetch(url, path, where=where, fix=_FIX,
+                         check=lambda tmp, label: _read_amat(tmp, split, label=label))

@@ -118,6 +118,25 @@ def semi_supervised_split(x, y, *, num_labels: int, seed: int = 0, balanced: boo
   return Batch(x, y=y.astype(np.int32), mask=mask)
 
 
+def labelled_semi_supervised(ds, *, num_labels: int, seed: int = 0,
+                             balanced: bool = True) -> LabelledSplits:
+  """A labelled :class:`jvae.io.data.Dataset` with ``num_labels`` labelled training points.
+
+  Train is ``Batch(x, y, mask)`` (:func:`semi_supervised_split`); valid and test have mask all
+  True. For a dynamically binarized data set x keeps its grey levels (the trainer draws them).
+
+  Raises:
+    ValueError: the data set has no labels.
+  """
+  if ds.labels is None:
+    raise ValueError(f"the data set {ds.name!r} has no class labels")
+  (yt, yv, ys) = (np.asarray(y, np.int32) for y in ds.labels)
+  classes = int(max(yt.max(), yv.max(), ys.max())) + 1
+  train = semi_supervised_split(ds.train, yt, num_labels=num_labels, seed=seed,
+                                balanced=balanced, num_classes=classes)
+  return LabelledSplits(train, _all_labelled(ds.valid, yv), _all_labelled(ds.test, ys), classes)
+
+
 def digits_semi_supervised(*, num_labels: int, seed: int = 0,
                            balanced: bool = True) -> LabelledSplits:
   """Digits with ``num_labels`` labelled training points (:func:`semi_supervised_split`).

@@ -20,7 +20,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 def _posterior_head(posterior: str, latent_dim: int, iaf_steps: int, iaf_hidden: Sequence[int]):
   if posterior == "gaussian":
-    return GaussianPosterior(latent_dim)
+    return GaussianPosterior(latent_dim, fuse_heads=True)
   if posterior == "fullcov":
     return FullCovGaussianPosterior(latent_dim)
   if posterior == "iaf":

@@ -1,5 +1,6 @@
 """Layer 5: pure ``init``/``step``/``epoch`` training, seeds and devices as axes."""
 
+from jvae.training.evaluation import evaluate_pointwise
 from jvae.training.seeds import FitState, fit, fit_init, make_epoch_fn, seed_keys, summarize
 from jvae.training.parallel import batch_sharding, make_mesh, place_fit_state, replicated
 from jvae.training.schedules import (
@@ -12,5 +13,6 @@ from jvae.training.steps import Trainer, TrainState, evaluate, trainer
 
 __all__ = ["FitState", "fit", "fit_init", "make_epoch_fn", "seed_keys", "summarize",
            "batch_sharding", "make_mesh", "place_fit_state", "replicated", "Trainer",
-           "TrainState", "evaluate", "trainer", "BURDA2015_STAGES", "scaled_stages",
+           "TrainState", "evaluate", "evaluate_pointwise", "trainer", "BURDA2015_STAGES",
+           "scaled_stages",
            "stage_learning_rates", "staged_learning_rate"]

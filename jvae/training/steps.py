@@ -67,9 +67,37 @@ class Trainer(NamedTuple):
   epoch: Callable[..., tuple[TrainState, dict]]
 
 
-def _all_finite(tree) -> Array:
-  leaves = [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+def _finite_step(loss: Array, grads) -> Array:
+  """Whether a step may be applied: ``isfinite(loss + Σ_leaves Σ_entries g)``, one scalar.
+
+  Sufficient: under IEEE arithmetic a NaN or ±inf anywhere makes the sum NaN or ±inf (inf +
+  finite = inf, inf − inf = NaN, NaN absorbs), whatever the order of summation, so a step whose
+  loss or any gradient entry is not finite is never applied. The converse fails only when a sum
+  of finite values overflows (|Σ| > 3.4e38 in float32, i.e. gradients averaging ~1e33 in
+  magnitude for a 10⁵-parameter model); such a step is skipped as non-finite. (A sum of squares
+  would overflow from |g| ≈ 1e19, which is why the plain sum is used; Adam's own g² already
+  overflows there.) Half-precision leaves are summed in float32, so fp16's small range adds no
+  false positives.
+
+  Cost: a matrix's entries are summed as a vector-matrix product with ones (then the short
+  vector), which XLA runs at memory bandwidth, where ``all(isfinite(g))`` compiles to three
+  passes per leaf (a bool array, a windowed and a final reduction) and ``sum(g)`` to two. Issue
+  15, one 784×200 gradient on a loaded 2-core CPU: 75 µs entrywise, 20 µs ``sum``, 10 µs this,
+  per step; the Burda et al. (2015) epoch ran ~8% faster than with the entrywise test.
+  """
+  total = jnp.asarray(loss)
+  for g in jax.tree_util.tree_leaves(grads):
+    if not jnp.issubdtype(g.dtype, jnp.inexact):  # float0 or integer leaves: always finite
+      continue
+    acc = jnp.promote_types(g.dtype, jnp.float32)
+    if g.ndim >= 2:
+      g2 = g.reshape(g.shape[0], -1)
+      cols = jax.lax.dot(jnp.ones((g2.shape[0],), g.dtype), g2,
+                         precision=jax.lax.Precision.HIGHEST, preferred_element_type=acc)
+      total = total + jnp.sum(cols)
+    else:
+      total = total + jnp.sum(g, dtype=acc)
+  return jnp.isfinite(total)
 
 
 @custom_batching.custom_vmap
@@ -122,7 +150,9 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
   state (``objective.with_state``, e.g. a score-function estimator with a moving-average
   baseline) has it kept in ``TrainState.objective_state`` and updated at every finite step. A
   step whose loss or gradient is not finite leaves params and optimizer state unchanged and
-  increments ``state.nonfinite``.
+  increments ``state.nonfinite``. The test is the finiteness of one scalar, the loss plus the sum
+  of every gradient entry: never true when an entry is NaN or ±inf, and false for finite entries
+  only when their sum overflows the float range (~1e33 per entry), a step that is then skipped.
 
   Cost of that guard: XLA does not update the outputs of a branch in place, so a guarded step
   copies the params and optimizer moments. Un-batched, a ``lax.cond`` whose skip branch returns
@@ -183,7 +213,7 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
       return -jnp.mean(objective(params, sub, x, beta=b, **kwargs)), None
 
     (loss, objective_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    ok = jnp.isfinite(loss) & _all_finite(grads)
+    ok = _finite_step(loss, grads)
     objective_state = _where(ok, objective_state, state.objective_state)
 
     def apply_update():
@@ -250,7 +280,10 @@ def _as_float(batch):
 
 
 def _take(data, idx: Array):
-  return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), data)
+  """Rows ``idx`` of every array. The indices come from a permutation, so they are in range;
+  ``mode="clip"`` says so, sparing the default mode's per-entry NaN fill of out-of-range rows
+  (a select over the whole batch that XLA otherwise re-fuses into every consumer of x)."""
+  return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"), data)
 
 
 def evaluate(bound: Callable, params, key, data, *, batch_size: int = 500):
