@@ -1,4 +1,4 @@
-"""The benchmark harness, the report, the matmul floor, the torch importance sampler, and
+"""The benchmark harness, the report, the matmul floor, and
 ``evaluate_pointwise``, the library helper the benchmarks evaluate with. Speed itself is measured
 by the benchmarks, not here."""
 
@@ -130,18 +130,6 @@ def test_matmul_floor_has_the_dots_of_a_training_step():
   # dot of width 2d: 6 forward, 6 weight-gradient, 5 input-gradient) and 7 more, the guard's sums
   # of the matrix gradients as products with a vector of ones (jvae.training.steps).
   assert peers.count_dots(compiled) == 24
-
-
-def test_torch_importance_sampling_matches_log_marginal(small):
-  pytest.importorskip("torch")
-  model, params, x, _ = small
-  tv = peers.torch_vae(peers.jvae_canonical(params), threads=1)
-  values, errors = evaluation.torch_log_marginal(tv, np.asarray(x[:6]), num_samples=1000,
-                                                 chunk=300, batch_size=4, seed=0)
-  lm = jvae.log_marginal(model, num_samples=1000, chunk_size=300, return_stderr=True)
-  value, stderr = lm(params, jax.random.key(0), x[:6])
-  diff = np.abs(values.numpy() - np.asarray(value))
-  assert values.shape == (6,) and np.all(diff < 5 * np.hypot(errors.numpy(), stderr) + 1e-3)
 
 
 def test_scripts_run_with_tiny_options(tmp_path, capsys):
