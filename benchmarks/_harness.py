@@ -226,13 +226,19 @@ def _version(name: str) -> str | None:
 
 
 def _git_commit() -> str | None:
-  """HEAD of the repository, with ``+dirty`` when tracked files changed; None if unknown."""
+  """HEAD of the repository, with ``+dirty`` when tracked files changed; None if unknown.
+
+  The suite's own outputs (``benchmarks/results/``, which holds the committed plots, and
+  ``BENCHMARKS.md``) do not count: a suite run rewrites them as it goes.
+  """
   root = pathlib.Path(__file__).resolve().parent.parent
   try:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                           text=True, timeout=10, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)benchmarks/results", ":(exclude)BENCHMARKS.md"],
+                           cwd=root, capture_output=True, text=True, timeout=10,
+                           check=True).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return None
   return head + ("+dirty" if dirty else "")
