@@ -473,6 +473,7 @@ def _loadmat(path: pathlib.Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]
 
   try:
     mat = scipy.io.loadmat(path)
+  # scipy raises NotImplementedError for a MATLAB v7.3 (HDF5) file, which no canonical file is.
   except (ValueError, TypeError, OSError, NotImplementedError, zlib.error,
           scipy.io.matlab.MatReadError) as err:
     raise DataIntegrityError(
