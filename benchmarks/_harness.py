@@ -244,15 +244,20 @@ def _git_commit() -> str | None:
   return head + ("+dirty" if dirty else "")
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
 def machine_info(packages: Sequence[str] = ()) -> dict:
   """Where and with what a benchmark ran: host, CPU, package versions (``packages`` besides
   jax, flax, optax, ...), JAX backend and device, commit and date."""
   import jax
 
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:  # not on Linux
-    usable = os.cpu_count()
+  usable = usable_cores()
   device = jax.devices()[0]
   return {
       "platform": platform.platform(),

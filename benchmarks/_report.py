@@ -155,18 +155,29 @@ def evaluation(rec):
 
 
 def seeds(rec):
+  devices = rec.get("host_devices") or 1
+  split = any(r.get("jvae_devices_ratio") is not None for r in rec.get("rows", []))
   lines = ["Seed-steps per second of N seeds trained in one program against N sequential runs in "
-           "the same process (Burda one-layer model, batch 100): one `jax.vmap` over all N, and "
+           "the same process (Burda one-layer model, batch 100): one `jax.vmap` over all N, "
            "jvae's own seed program (`jvae.make_epoch_fn` / `jvae train --seeds N`, "
-           f"`seed_chunk={rec.get('seed_chunk')!r}` resolved on this backend).", "",
+           f"`seed_chunk={rec.get('seed_chunk')!r}` resolved on this backend)"
+           + (f", and that program with the seeds split over the CPU's {devices} cores as JAX "
+              f"devices (`jvae train --seeds N --devices {devices} --parallel seeds` under "
+              f"`JAX_NUM_CPU_DEVICES={devices}`)" if split else "")
+           + ".", "",
            "| seeds N | sequential | one vmap | ratio | jvae program | jvae seed-steps/s | "
-           "jvae ratio |", "|---|---|---|---|---|---|---|"]
+           "jvae ratio |" + (f" jvae over {devices} devices | its ratio |" if split else ""),
+           "|---|---|---|---|---|---|---|" + ("---|---|" if split else "")]
   for row in rec.get("rows", []):
-    lines.append(f"| {row.get('seeds')} | {_f(row.get('sequential_seed_steps_per_s'))} | "
-                 f"{_f(row.get('vmapped_seed_steps_per_s'))} | "
-                 f"{_f(row.get('ratio'), '{:.2f}')} | {row.get('jvae_program_name', '—')} | "
-                 f"{_f(row.get('jvae_seed_steps_per_s'))} | "
-                 f"{_f(row.get('jvae_ratio'), '{:.2f}')} |")
+    line = (f"| {row.get('seeds')} | {_f(row.get('sequential_seed_steps_per_s'))} | "
+            f"{_f(row.get('vmapped_seed_steps_per_s'))} | "
+            f"{_f(row.get('ratio'), '{:.2f}')} | {row.get('jvae_program_name', '—')} | "
+            f"{_f(row.get('jvae_seed_steps_per_s'))} | "
+            f"{_f(row.get('jvae_ratio'), '{:.2f}')} |")
+    if split:
+      line += (f" {_f(row.get('jvae_devices_seed_steps_per_s'))} | "
+               f"{_f(row.get('jvae_devices_ratio'), '{:.2f}')} |")
+    lines.append(line)
   lines += ["", f"{rec.get('steps_per_epoch')} steps per epoch, median of {rec.get('repeats')} "
             "rounds; seed-steps/s."]
   if rec.get("jax_backend") == "cpu":

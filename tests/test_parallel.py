@@ -1,4 +1,4 @@
-"""Devices as an axis: data- and seed-parallel training on 4 CPU devices match one device.
+"""Devices as an axis: data- and seed-parallel training on 4 and 2 CPU devices match one device.
 
 The multi-device runs happen in a subprocess started with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the flag must be set before JAX starts).
@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent("""
     from jvae.training import parallel as _parallel
 
     mode, devices = sys.argv[1], int(sys.argv[2])
+    chunk = None if sys.argv[3] == "none" else int(sys.argv[3])
     x = (jax.random.uniform(jax.random.key(0), (240, 16)) < 0.3).astype(jnp.float32)
     model = jvae.mlp_vae(event_shape=(16,), latent_dim=2, hidden=(8,))
     num_seeds = 4
@@ -32,7 +33,9 @@ SCRIPT = textwrap.dedent("""
       state = _parallel.place_fit_state(state, mesh, mode)
       train = jax.device_put(train, _parallel.replicated(mesh))
       valid = jax.device_put(valid, _parallel.replicated(mesh))
-    epoch_fn = jax.jit(jvae.make_epoch_fn(tr, jvae.elbo(model), patience=None, seed_chunk=None))
+    seed_mesh = mesh if mode == "seeds" else None
+    epoch_fn = jax.jit(jvae.make_epoch_fn(tr, jvae.elbo(model), patience=None,
+                                          seed_chunk=chunk, mesh=seed_mesh))
     hlo = epoch_fn.lower(state, train, valid).compile().as_text()
     state, hist = jvae.fit(tr, state, train, valid, epochs=3, valid_bound=jvae.elbo(model),
                            epoch_fn=epoch_fn)
@@ -50,10 +53,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(mode, devices):
+def _run(mode, devices, chunk=None):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(devices)], env=env,
+  out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(devices),
+                        "none" if chunk is None else str(chunk)], env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -64,22 +68,64 @@ def single():
   return _run("data", 0)
 
 
-@pytest.mark.parametrize("mode", ["data", "seeds"])
-def test_multi_device_matches_single_device(single, mode):
-  multi = _run(mode, 4)
+# (seeds split over devices with the CPU's default chunk of 1: the CLI test below)
+@pytest.mark.parametrize("mode,chunk", [("data", None), ("seeds", None)])
+def test_multi_device_matches_single_device(single, mode, chunk):
+  multi = _run(mode, 4 if mode == "data" else 2, chunk)
   assert multi["n_devices"] == 4
-  assert multi["shard_devices"] == 4  # really spread over the mesh
+  assert multi["shard_devices"] == (4 if mode == "data" else 2)  # really spread over the mesh
   # The all-reduce set pins HLO structure because it is the contract of each mode: data
   # parallelism reduces the gradients of the batch shards across devices (XLA inserts it); seed
-  # parallelism must reduce one scalar flag (is every seed finite, jvae/training/steps.py) and
-  # never an array, or the seeds would not be independent programs.
+  # parallelism trains each device's seeds as its own program (shard_map): nothing crosses
+  # devices, so no all-reduce at all.
   if mode == "data":
     assert any(r.startswith("f32[") and r != "f32[]" for r in multi["all_reduce"])
   else:
-    assert multi["all_reduce"] and set(multi["all_reduce"]) <= {"pred[]"}
+    assert multi["all_reduce"] == []
   # Data parallelism changes the order of the gradient reduction, so float32 round-off differs;
-  # seed parallelism computes each seed on one device. 3 epochs of Adam amplify ulps only a bit.
+  # seed parallelism computes each seed on one device (here vmapped, 2 per device). 3 epochs of
+  # Adam amplify ulps only a bit.
   tol = 1e-4 if mode == "data" else 1e-6
   for a, b in zip(single["leaves"], multi["leaves"], strict=True):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=tol, atol=tol)
   np.testing.assert_allclose(multi["valid"], single["valid"], rtol=tol)
+
+
+CLI_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jvae  # must not start JAX: the CLI then chooses the number of CPU devices
+    from jvae.cli.main import main
+
+    common = ["train", "--seeds", "2", "--epochs", "2", "--hidden", "16", "--latent-dim", "2",
+              "--batch-size", "100", "--no-progress", "--eval-samples", "5"]
+    rc = main([*common, "--devices", "2", "--parallel", "seeds", "--out", sys.argv[1]])
+    import jax
+    n_devices = len(jax.devices())
+    rc_single = main([*common, "--out", sys.argv[2]])
+    print(json.dumps({"rc": rc, "rc_single": rc_single, "n_devices": n_devices}))
+""")
+
+
+def test_cli_splits_seeds_over_the_cpu_cores_without_environment_flags(tmp_path):
+  """``jvae train --devices 2 --parallel seeds`` on a CPU gets its 2 devices by itself, and
+  trains each seed as the one-device run does."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "host_platform_device_count" not in f)
+  env["JAX_PLATFORMS"] = "cpu"
+  split, single = tmp_path / "split", tmp_path / "single"
+  out = subprocess.run([sys.executable, "-c", CLI_SCRIPT, str(split), str(single)], env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 0, "rc_single": 0,
+                                                             "n_devices": 2}
+
+  def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+  a, b = rows(split), rows(single)
+  assert [(r["epoch"], r["seed_index"]) for r in a] == [(e, s) for e in (1, 2) for s in (0, 1)]
+  assert [(r["epoch"], r["seed_index"]) for r in b] == [(r["epoch"], r["seed_index"]) for r in a]
+  for key in ("train_bound", "valid_bound"):
+    np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=1e-6)
+  assert a[-1]["train_bound"] != a[-2]["train_bound"]  # two distinct seeds

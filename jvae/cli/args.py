@@ -175,8 +175,9 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
           help="shard over this many devices (see --parallel)"),
       add("--parallel", choices=("data", "seeds"), default="data"),
       add("--seed-chunk", type=_seed_chunk, default="auto", metavar="K|auto",
-          help="with --seeds: train K seeds per vmap, lax.map over the chunks (auto: 2 on a CPU, "
-               "all at once on an accelerator or with --parallel seeds); speed only"),
+          help="with --seeds: train K seeds per vmap (per device with --parallel seeds), "
+               "lax.map over the chunks (auto: 1 on a CPU, all at once on an accelerator); "
+               "speed only"),
       add("--eval-samples", type=_positive_int, default=None,
           help="K of the final test IWAE / log-likelihood estimate (default 100)"),
       add("--out", type=pathlib.Path, default=None,

@@ -198,6 +198,9 @@ def _resume(args, given: set[str]) -> int:
 def _build_run(cfg: dict) -> Run:
   mesh = None
   if cfg["devices"]:
+    # on a CPU, its cores as --devices devices (JAX has not started yet; a choice made in the
+    # environment is kept)
+    _parallel.request_cpu_devices(cfg["devices"])
     _check_config(cfg, 10**12)
     axis = "data" if cfg["parallel"] == "data" else "seeds"
     mesh = _parallel.make_mesh(cfg["devices"], axis)
@@ -236,10 +239,11 @@ def _fit(run: Run, run_dir: pathlib.Path, state, args):
     state = _parallel.place_fit_state(state, mesh, cfg["parallel"])
     train_x = jax.device_put(train_x, _parallel.replicated(mesh))
     valid_x = jax.device_put(valid_x, _parallel.replicated(mesh))
-  # A seed axis sharded over devices is vmapped whole: chunking it would reshard it.
-  seed_chunk = None if mesh is not None and cfg["parallel"] == "seeds" else args.seed_chunk
+  # Seeds split over devices: each device trains its own seeds (shard_map), in chunks.
+  seed_mesh = mesh if mesh is not None and cfg["parallel"] == "seeds" else None
   epoch_fn = jax.jit(jvae.make_epoch_fn(run.trainer, run.valid_bound, patience=cfg["patience"],
-                                        seed_chunk=seed_chunk), donate_argnums=0)
+                                        seed_chunk=args.seed_chunk, mesh=seed_mesh),
+                     donate_argnums=0)
   progress = _progress(cfg["epochs"], int(state.epoch), disable=args.no_progress)
 
   def on_epoch(fs, record):

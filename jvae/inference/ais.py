@@ -48,7 +48,6 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +57,7 @@ from jvae.models.contract import check_model, num_examples
 from jvae.objectives.log_weights import check_key, check_num_samples
 from jvae.objectives.objectives import Objective, with_checks
 from jvae.inference.hmc import (
+    blackjax_hmc,
     check_chains,
     check_jitter,
     check_probability,
@@ -174,7 +174,7 @@ def _anneal(model, params, key, batch, z0, betas: Array, *, init: str, num_leapf
     eps = jnp.exp(used)
 
     def move(point, eps, key, z, lf, grad):
-      state = blackjax.mcmc.hmc.HMCState(z, lf, grad)
+      state = blackjax_hmc().HMCState(z, lf, grad)
       key, new, info = hmc_step(key, state, lambda z: log_f(point, z, beta)[0], eps,
                                 num_leapfrog, jitter)
       return key, new.position, info.acceptance_rate

@@ -28,10 +28,11 @@ look-up of the contract's optional methods with a clear error).
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable
 from typing import NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -42,7 +43,22 @@ from jvae.objectives.log_weights import check_key, check_num_samples
 
 Array = jax.Array
 
-_KERNEL = blackjax.mcmc.hmc.build_kernel()
+
+
+@functools.cache
+def blackjax_hmc():
+  """``blackjax.mcmc.hmc``, imported on first use: importing blackjax runs a JAX computation,
+  which would start JAX's backends at ``import jvae`` (too early to choose, e.g., the number of
+  CPU devices with ``jax.config.update("jax_num_cpu_devices", n)``)."""
+  import blackjax.mcmc.hmc
+
+  return blackjax.mcmc.hmc
+
+
+@functools.cache
+def _kernel():
+  return blackjax_hmc().build_kernel()
+
 _ADAPT_GAIN, _ADAPT_DECAY = 1.0, 0.6   # Robbins–Monro gain g_t = g (t + 1)^(−κ) on log ε
 
 # What each optional method of the contract is, for the error raised when a model lacks it.
@@ -163,7 +179,7 @@ def hmc_step(key, state, logdensity_fn: Callable, step_size, num_leapfrog: int,
   if jitter:
     step_size = step_size * jax.random.uniform(eps_key, (), flat.dtype, 1.0 - jitter,
                                                1.0 + jitter)
-  state, info = _KERNEL(kernel_key, state, logdensity_fn, step_size,
+  state, info = _kernel()(kernel_key, state, logdensity_fn, step_size,
                         jnp.ones(flat.shape, flat.dtype), num_leapfrog)
   return key, state, info
 
@@ -223,7 +239,7 @@ def hmc_posterior(model, *, num_steps: int, num_leapfrog: int = 10, step_size: f
       return sum(point_log_joint(model, params, point, z))
 
     chain_key = jax.random.fold_in(jax.random.fold_in(key, index), sample)
-    state = blackjax.mcmc.hmc.init(z0, logdensity)
+    state = blackjax_hmc().init(z0, logdensity)
     half = num_adapt // 2
 
     def warm(carry, t):

@@ -8,11 +8,34 @@ every host's devices).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MODES = ("data", "seeds")
+
+
+def request_cpu_devices(n: int) -> bool:
+  """Gives JAX's CPU platform ``n`` devices, if JAX has not started and nobody chose already.
+
+  The CPU's cores as ``n`` devices let a mesh split work (e.g. seeds, ``make_epoch_fn(...,
+  mesh=...)``) into programs that run concurrently. The choice must precede JAX's first
+  computation; one made in the environment (``JAX_NUM_CPU_DEVICES``, or ``XLA_FLAGS`` with
+  ``--xla_force_host_platform_device_count``) is kept. Other platforms (GPU, TPU) are unaffected.
+
+  Returns:
+    Whether the number of CPU devices was set here.
+  """
+  if ("JAX_NUM_CPU_DEVICES" in os.environ
+      or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+    return False
+  try:
+    jax.config.update("jax_num_cpu_devices", int(n))
+  except RuntimeError:  # JAX has started: its devices stay as they are
+    return False
+  return True
 
 
 def make_mesh(num_devices: int | None = None, axis: str = "data") -> Mesh:
@@ -21,8 +44,8 @@ def make_mesh(num_devices: int | None = None, axis: str = "data") -> Mesh:
   n = len(devices) if num_devices is None else num_devices
   if not 1 <= n <= len(devices):
     raise ValueError(f"asked for {n} devices but {len(devices)} are available "
-                     f"({devices[0].platform}); on CPU set "
-                     "XLA_FLAGS=--xla_force_host_platform_device_count=N")
+                     f"({devices[0].platform}); for N CPU devices set JAX_NUM_CPU_DEVICES=N "
+                     "before JAX starts (or call jvae.request_cpu_devices(N) first)")
   return Mesh(np.asarray(devices[:n]), (axis,))
 
 

@@ -1,7 +1,8 @@
 """The epoch loop over many seeds at once, with per-seed early stopping (layer 5).
 
 Seeds are an axis: every leaf of :class:`FitState` (but ``epoch``) has a leading axis of size
-``num_seeds``, and one compiled program trains all of them by ``jax.vmap``. Each seed keeps its own
+``num_seeds``, and one compiled program trains all of them (``jax.vmap``, or ``lax.map`` over the
+plain program on a CPU, optionally split over devices with ``jax.shard_map``). Each seed keeps its own
 best parameters on the validation bound, and stops (its state is frozen) once the bound has not
 improved for ``patience`` epochs (design: stop when the validation likelihood starts to fall). A
 seed's non-finite step is skipped for that seed only.
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from jvae.training.steps import Trainer, TrainState, evaluate
 
@@ -76,7 +78,7 @@ def _select(mask: Array, new, old):
   return jax.tree_util.tree_map(pick, new, old)
 
 
-_CPU_SEED_CHUNK = 2
+_CPU_SEED_CHUNK = 1
 
 
 def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
@@ -90,7 +92,8 @@ def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
 
 
 def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: int | None,
-                  eval_batch_size: int = 500, seed_chunk: int | str | None = "auto") -> Callable:
+                  eval_batch_size: int = 500, seed_chunk: int | str | None = "auto",
+                  mesh: Mesh | None = None) -> Callable:
   """A pure ``(FitState, train, valid) -> (FitState, metrics)`` for one epoch of all seeds.
 
   Args:
@@ -98,34 +101,55 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
     valid_bound: ``f(params, key, x)`` for validation and early stopping, or None.
     patience: epochs without improvement before a seed stops; None never stops early.
     eval_batch_size: batch size for validation.
-    seed_chunk: how many seeds one ``vmap`` trains at a time. None: all N in one vmap. An int
-      k: ``lax.map`` over chunks of k vmapped seeds (``lax.map(..., batch_size=k)``), still one
-      compiled program; on a CPU, chunks of a few seeds keep each chunk's params, moments and
-      activations in cache and train faster per seed than one vmap over many
-      (``benchmarks/seeds.py``). ``"auto"`` (default): 2 on a CPU backend, None elsewhere.
-      Use None when the seed axis is sharded over devices. Results agree with any other choice
-      to float32 round-off.
+    seed_chunk: how many seeds one ``vmap`` trains at a time (on each device, with ``mesh``).
+      None: all of them in one vmap. An int k: ``lax.map`` over chunks of k vmapped seeds
+      (``lax.map(..., batch_size=k)``; k = 1 maps the plain single-seed program over the
+      seeds), still one compiled program. On a CPU a vmapped matmul is a batched dot, slower per
+      seed than the plain one (``benchmarks/seeds.py``). ``"auto"`` (default): 1 on a CPU
+      backend, None elsewhere. Results agree with any other choice to float32 round-off.
+    mesh: optional ``jax.sharding.Mesh`` whose first axis carries the seeds: each device trains
+      its N / devices seeds (``jax.shard_map``, so seeds never communicate), with ``seed_chunk``
+      applied per device. The seed axis of the state must be placed accordingly
+      (:func:`jvae.place_fit_state` with ``"seeds"``) and N divisible by the axis size; data is
+      replicated. On a CPU, the cores as devices
+      (``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``) run seeds concurrently.
   """
   chunk = _resolve_seed_chunk(seed_chunk)
 
-  def over_seeds(fn, *args):
-    """``vmap(fn)`` over the leading seed axis of ``args``, in chunks of ``seed_chunk`` seeds.
+  def local(fn, seeded, shared):
+    """``fn(*seeded_i, *shared)`` for every seed i of ``seeded``'s leading axis, on one device.
 
-    A size-1 axis is squeezed instead.
-
-    One seed then runs the un-batched program, the same as a plain single-seed run: its matmuls
-    avoid a size-1 batch axis, which costs XLA:CPU a noticeable share of a step.
+    A size-1 axis is squeezed instead: one seed then runs the un-batched program, the same as a
+    plain single-seed run (its matmuls avoid a size-1 batch axis, which costs XLA:CPU a
+    noticeable share of a step).
     """
-    n = jax.tree_util.tree_leaves(args[0])[0].shape[0]
+    n = jax.tree_util.tree_leaves(seeded)[0].shape[0]
     if n == 1:
-      out = fn(*jax.tree_util.tree_map(lambda a: a[0], args))
+      out = fn(*jax.tree_util.tree_map(lambda a: a[0], seeded), *shared)
       return jax.tree_util.tree_map(lambda a: a[None], out)
     if chunk is None or chunk >= n:
-      return jax.vmap(fn)(*args)
-    return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk if chunk > 1 else None)
+      return jax.vmap(lambda s: fn(*s, *shared))(seeded)
+    return jax.lax.map(lambda s: fn(*s, *shared), seeded,
+                       batch_size=chunk if chunk > 1 else None)
+
+  def over_seeds(fn, seeded: tuple, shared: tuple):
+    """Maps ``fn`` over the seeds of ``seeded`` (leading axes), ``shared`` the same for all."""
+    if mesh is None:
+      return local(fn, seeded, shared)
+    axis = mesh.axis_names[0]
+    n, size = jax.tree_util.tree_leaves(seeded)[0].shape[0], mesh.shape[axis]
+    if n % size:
+      raise ValueError(f"seed-parallel training needs the number of seeds ({n}) to be a "
+                       f"multiple of the mesh axis {axis!r} ({size} devices)")
+    return jax.shard_map(lambda s, sh: local(fn, s, sh), mesh=mesh,
+                         in_specs=(PartitionSpec(axis), PartitionSpec()),
+                         out_specs=PartitionSpec(axis),
+                         # every output is per seed; the per-device program is any model's
+                         # (scans with constant initial carries), so varying-ness is not tracked
+                         check_vma=False)(seeded, shared)
 
   def epoch_fn(fs: FitState, train: Array, valid: Array | None):
-    new_train, m = over_seeds(lambda s: trainer.epoch(s, train), fs.train)
+    new_train, m = over_seeds(trainer.epoch, (fs.train,), (train,))
     train_state = _select(fs.active, new_train, fs.train)
     epoch = fs.epoch + 1
     # A stopped seed's epoch is computed (vmap) and discarded: report NaN, not the discarded value.
@@ -135,11 +159,11 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
       return fs._replace(train=train_state, best_params=train_state.params, epoch=epoch,
                          best_epoch=jnp.where(fs.active, epoch, fs.best_epoch)), metrics
 
-    def val(params, key):
+    def val(params, key, valid, epoch):
       return evaluate(valid_bound, params, jax.random.fold_in(key, epoch), valid,
                       batch_size=eval_batch_size)
 
-    v = over_seeds(val, train_state.params, fs.eval_key)
+    v = over_seeds(val, (train_state.params, fs.eval_key), (valid, epoch))
     improved = fs.active & (v > fs.best_value)
     bad = jnp.where(improved, 0, fs.bad_epochs + fs.active.astype(jnp.int32))
     active = fs.active if patience is None else fs.active & (bad < patience)
@@ -156,7 +180,8 @@ def fit(trainer: Trainer, state: FitState, train: Array, valid: Array | None = N
         epochs: int, valid_bound: Callable | None = None, patience: int | None = None,
         eval_batch_size: int = 500, callback: Callable | None = None,
         epoch_fn: Callable | None = None,
-        seed_chunk: int | str | None = "auto") -> tuple[FitState, list[dict]]:
+        seed_chunk: int | str | None = "auto",
+        mesh: Mesh | None = None) -> tuple[FitState, list[dict]]:
   """Train all seeds of ``state`` for up to ``epochs`` epochs (counting those already done).
 
   One jitted call per epoch (one host sync); stops early when every seed has stopped.
@@ -174,6 +199,8 @@ def fit(trainer: Trainer, state: FitState, train: Array, valid: Array | None = N
     epoch_fn: a prebuilt (e.g. sharded, jitted) epoch function; default builds and jits one.
     seed_chunk: seeds per vmapped chunk for the default epoch function (see
       :func:`make_epoch_fn`).
+    mesh: for the default epoch function: train the seeds split over this mesh's first axis
+      (see :func:`make_epoch_fn`; place ``state`` with :func:`jvae.place_fit_state` first).
   Returns:
     The final state and a list of per-epoch records: host numpy metrics (each ``(N,)``), the
     epoch number, and ``seconds`` and ``steps_per_s`` for the epoch.
@@ -182,7 +209,8 @@ def fit(trainer: Trainer, state: FitState, train: Array, valid: Array | None = N
     raise ValueError(f"epochs must be >= 0, got {epochs}")
   if epoch_fn is None:
     epoch_fn = jax.jit(make_epoch_fn(trainer, valid_bound, patience=patience,
-                                     eval_batch_size=eval_batch_size, seed_chunk=seed_chunk))
+                                     eval_batch_size=eval_batch_size, seed_chunk=seed_chunk,
+                                     mesh=mesh))
   history = []
   steps_per_epoch = None
   while int(state.epoch) < epochs and bool(np.any(np.asarray(state.active))):
