@@ -1,11 +1,11 @@
 """The epoch loop over many seeds at once, with per-seed early stopping (layer 5).
 
 Seeds are an axis: every leaf of :class:`FitState` (but ``epoch``) has a leading axis of size
-``num_seeds``, and one compiled program trains all of them (``jax.vmap``, or ``lax.map`` over the
-plain program on a CPU, optionally split over devices with ``jax.shard_map``). Each seed keeps its own
-best parameters on the validation bound, and stops (its state is frozen) once the bound has not
-improved for ``patience`` epochs (design: stop when the validation likelihood starts to fall). A
-seed's non-finite step is skipped for that seed only.
+``num_seeds``, and one compiled program trains all of them (``jax.vmap``, or ``lax.map`` over
+the plain program on a CPU, optionally split over devices with ``jax.shard_map``). Each seed keeps
+its own best parameters on the validation bound, and stops (its state is frozen) once the bound
+has not improved for ``patience`` epochs (design: stop when the validation likelihood starts to
+fall). A seed's non-finite step is skipped for that seed only.
 """
 
 from __future__ import annotations
