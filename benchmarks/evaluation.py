@@ -40,6 +40,13 @@ deleted once its findings were written here):
   the 4096-row default (≈ 26 MB).
 * A host loop over one jitted batch and the one program give bitwise the same estimates at the
   same speed.
+* Rejected: the batches dealt over the 2 cores as 2 JAX devices (``jax.shard_map``, combined
+  once at the end), which trains seeds 1.4× faster (``benchmarks/seeds.py``): 0.93–1.03× one
+  device on 500 images, since a 4,000-row step is matmul-bound and one device's matmuls already
+  keep both cores busy.
+* What the 1.5× goal asks: the output dot and the Bernoulli log-prob, 76% of a step, are at the
+  roofline and fused already; 1.5× PyTorch's 236 s is 157 s, 76% of jvae's 206 s
+  (BENCHMARKS.md), i.e. the 50→200→200 layers and the normals would have to cost nothing.
 
     JVAE_DATA_DIR=/path/to/data python -m benchmarks.evaluation [--quick] [--num-samples K]
         [--images N] [--batch-size B] [--chunk-size C] [--no-torch] [--out FILE.json]
