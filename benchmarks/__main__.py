@@ -27,7 +27,7 @@ SUITES = {
     "quick": {
         "headline": ["--quick"],
         "throughput": ["--quick"],
-        "peers": ["--quick"],
+        "peers": ["--quick", "--rounds", "9"],  # medians of 9 alternating rounds: steadier
         "evaluation": ["--quick"],
         "seeds": ["--quick"],
         "snr": ["--quick"],

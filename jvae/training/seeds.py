@@ -148,11 +148,21 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
                          # (scans with constant initial carries), so varying-ness is not tracked
                          check_vma=False)(seeded, shared)
 
+  def train_one(state, active, train):
+    """One seed's epoch, or its state unchanged once it has stopped (a ``lax.cond``: skipped
+    un-batched, both sides computed and selected under ``vmap``)."""
+    def skip():
+      shapes = jax.eval_shape(trainer.epoch, state, train)[1]
+      return state, jax.tree_util.tree_map(
+          lambda a: jnp.full(a.shape, jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0,
+                             a.dtype), shapes)
+
+    return jax.lax.cond(active, lambda: trainer.epoch(state, train), skip)
+
   def epoch_fn(fs: FitState, train: Array, valid: Array | None):
-    new_train, m = over_seeds(trainer.epoch, (fs.train,), (train,))
-    train_state = _select(fs.active, new_train, fs.train)
+    train_state, m = over_seeds(train_one, (fs.train, fs.active), (train,))
     epoch = fs.epoch + 1
-    # A stopped seed's epoch is computed (vmap) and discarded: report NaN, not the discarded value.
+    # A stopped seed's epoch is not run (or, vmapped, run and discarded): report NaN.
     metrics = {"train_bound": jnp.where(fs.active, m["bound"], jnp.nan),
                "nonfinite": jnp.where(fs.active, m["nonfinite"], 0), "beta": m["beta"]}
     if valid_bound is None or valid is None:
