@@ -103,8 +103,10 @@ def parse_args(argv=None):
   p.add_argument("--repeats", type=int, default=None,
                  help=f"timed rounds per N; the median is reported (default {DEFAULT_REPEATS}; "
                       f"{QUICK_REPEATS} if --quick)")
-  p.add_argument("--warmup", type=int, default=1,
-                 help="untimed rounds per N after compiling (default 1)")
+  p.add_argument("--warmup", type=int, default=None,
+                 help="untimed rounds per N after compiling (default 1; 0 if --quick, whose "
+                      "medians of 3 rounds absorb a slower first round and which must fit the "
+                      "quick suite's 10 minutes)")
   p.add_argument("--seed-chunk", default="auto",
                  help="seeds per vmapped chunk in jvae's seed program (jvae.make_epoch_fn's "
                       "seed_chunk): auto (1 on a CPU, all at once elsewhere) or an integer")
@@ -121,6 +123,8 @@ def parse_args(argv=None):
     args.steps = QUICK_STEPS if args.quick else DEFAULT_STEPS
   if args.repeats is None:
     args.repeats = QUICK_REPEATS if args.quick else DEFAULT_REPEATS
+  if args.warmup is None:
+    args.warmup = 0 if args.quick else 1
   if any(n < 1 for n in args.seeds):
     p.error("--seeds must all be >= 1")
   args.seeds = sorted(set(args.seeds))
