@@ -29,7 +29,6 @@ look-up of the contract's optional methods with a clear error).
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -42,7 +41,6 @@ from jvae.models.contract import check_batch, check_model, num_examples
 from jvae.objectives.log_weights import check_key, check_num_samples
 
 Array = jax.Array
-
 
 
 @functools.cache
@@ -58,6 +56,7 @@ def blackjax_hmc():
 @functools.cache
 def _kernel():
   return blackjax_hmc().build_kernel()
+
 
 _ADAPT_GAIN, _ADAPT_DECAY = 1.0, 0.6   # Robbins–Monro gain g_t = g (t + 1)^(−κ) on log ε
 

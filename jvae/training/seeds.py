@@ -111,8 +111,8 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
       its N / devices seeds (``jax.shard_map``, so seeds never communicate), with ``seed_chunk``
       applied per device. The seed axis of the state must be placed accordingly
       (:func:`jvae.place_fit_state` with ``"seeds"``) and N divisible by the axis size; data is
-      replicated. On a CPU, the cores as devices
-      (``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``) run seeds concurrently.
+      replicated. On a CPU, its cores as devices (:func:`jvae.request_cpu_devices` or
+      ``JAX_NUM_CPU_DEVICES``, before JAX starts) run seeds concurrently.
   """
   chunk = _resolve_seed_chunk(seed_chunk)
 
