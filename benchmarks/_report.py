@@ -160,7 +160,8 @@ def seeds(rec):
   lines = ["Seed-steps per second of N seeds trained in one program against N sequential runs in "
            "the same process (Burda one-layer model, batch 100): one `jax.vmap` over all N, "
            "jvae's own seed program (`jvae.make_epoch_fn` / `jvae train --seeds N`, "
-           f"`seed_chunk={rec.get('seed_chunk')!r}` resolved on this backend)"
+           f"`seed_chunk={rec.get('seed_chunk')!r}`, "
+           f"`seed_interleave={rec.get('seed_interleave', 1)!r}` resolved on this backend)"
            + (f", and that program with the seeds split over the CPU's {devices} cores as JAX "
               f"devices (`jvae train --seeds N --devices {devices} --parallel seeds` under "
               f"`JAX_NUM_CPU_DEVICES={devices}`)" if split else "")

@@ -39,6 +39,19 @@ against the implementation's own forward pass (``convert_max_abs_err``). jvae's 
 Goals (2-core CPU): jvae ≥ 1.1× the fastest JAX peer, ≥ 1.6× PyTorch eager, ≥ 0.8× the matmul
 floor, in steps/s.
 
+Findings (2-core x86-64 CPU, jax 0.10.2, 200-step epochs, medians of 7–11 alternating rounds;
+the one-off scripts were deleted): XLA:CPU runs the dots through YNNPACK already
+(``__ynn_fusion``). Per-executable compiler options (``.compile(compiler_options=…)``) gave
+nothing to keep: ``xla_cpu_prefer_vector_width=512`` and ``xla_cpu_opt_preset`` FAST_RUNTIME
+within ±5% noise for jvae and NumPyro alike; YNNPACK elementwise fusion
+(``xla_cpu_experimental_ynn_fusion_type`` DOT,ELTWISE) 0.75×; oneDNN dot fusion ran but trained
+to a wrong bound (−206 against −124.7 after 200 steps). The guard as in the vmapped epoch (the
+scan unguarded, redone with the guard only when a step was not finite) measured the same as the
+per-step ``lax.cond`` (350–367 against 352–356 steps/s, NumPyro 356 in that run), so the guard no
+longer costs a measurable share. Each batch split into 4 independent sub-batches (for XLA's
+concurrent thunk executor) read 1.04–1.13× in two runs, inside the noise, with a different
+random stream; not kept.
+
     JVAE_DATA_DIR=/path/to/data python -m benchmarks.peers [--quick] [--steps S] [--rounds R]
         [--impls jvae flax_optax ...] [--out FILE.json]
 """

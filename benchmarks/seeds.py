@@ -15,10 +15,11 @@ For each N (default 1, 4, 16, 64):
   epochs (dispatch is asynchronous; the clock stops when the last result is ready).
 * **jvae**: jvae's own seed program, ``jvae.make_epoch_fn(trainer, None, patience=None,
   seed_chunk=--seed-chunk)`` on a ``jvae.fit_init`` state: what ``jvae.fit`` and
-  ``jvae train --seeds N`` run, without validation. With the default ``seed_chunk="auto"`` it is
-  ``lax.map`` of the plain single-seed program over the seeds on a CPU (one vmap over all N on a
-  GPU/TPU, where this side is then the same program as *vmapped* and is not timed twice), and
-  for N = 1 the plain single-seed program. Timed only where it differs from *vmapped*.
+  ``jvae train --seeds N`` run, without validation. With the defaults ``seed_chunk="auto"`` and
+  ``seed_interleave="auto"`` on a CPU it runs the plain single-seed steps of 2 seeds side by side
+  in one scan body (``Trainer.interleaved_epoch``), ``lax.map`` over such pairs (one vmap over all
+  N on a GPU/TPU, where this side is then the same program as *vmapped* and is not timed twice),
+  and for N = 1 the plain single-seed program. Timed only where it differs from *vmapped*.
 * **jvae over D devices** (on a CPU, D = ``--host-devices``, default its usable cores, when
   D > 1 divides N): the same program with ``mesh=jvae.make_mesh(D, "seeds")`` on a state placed
   by ``jvae.place_fit_state(..., "seeds")``, i.e. ``jvae train --seeds N --devices D --parallel
@@ -29,9 +30,15 @@ For each N (default 1, 4, 16, 64):
 
 Findings (2-core CPU, 50-step epochs): a vmapped matmul is a batched dot on XLA:CPU, 5–20% slower
 per seed than the plain one (the N = 1 control is a size-1 vmap: ~0.8×); chunks of 2 vmapped
-seeds measured 0.91–0.93× sequential, ``lax.map`` of the plain program ~1.0×, and the seeds split
-over the 2 cores as devices 1.26–1.48× (one device's intra-op threads leave the second core idle
-in every elementwise fusion and in small matmuls). Data parallelism over the 2 CPU devices was
+seeds measured 0.91–0.93× sequential, ``lax.map`` of the plain program ~1.0× (0.95–1.04), and
+the seeds split over the 2 cores as devices 1.26–1.57× (one device's intra-op threads leave the
+second core idle in every elementwise fusion and in small matmuls). On one device, the steps of
+2 seeds in one scan body let XLA's thunk executor run one seed's elementwise fusions beside the
+other's dots: 1.12–1.20× sequential for 8 seeds in groups of 2 (4: 1.06–1.12×, 8: 1.19–1.27×,
+noise ±10%; compile 2.1 s for 2 against 1.6 s for one seed, 5.3 s for 8), bitwise the same
+results; a per-step ``lax.cond`` on "seed still active" inside that body lost it all (0.8–0.9×),
+hence one cond per group per epoch. Whole epochs of 2 seeds side by side in one program (two
+while loops) ran one after the other (1.0×). Data parallelism over the 2 CPU devices was
 slower instead (0.70–0.83× one device: a gradient all-reduce every 2.4 ms step).
 
 All donate their state. After compiling and ``--warmup`` untimed rounds, the sides are timed
@@ -110,6 +117,9 @@ def parse_args(argv=None):
   p.add_argument("--seed-chunk", default="auto",
                  help="seeds per vmapped chunk in jvae's seed program (jvae.make_epoch_fn's "
                       "seed_chunk): auto (1 on a CPU, all at once elsewhere) or an integer")
+  p.add_argument("--seed-interleave", default="auto",
+                 help="with un-batched seeds, seeds whose steps share one scan body "
+                      "(jvae.make_epoch_fn's seed_interleave): auto (2 on a CPU) or an integer")
   p.add_argument("--host-devices", type=int, default=None,
                  help="CPU devices for the seed program split over devices (default: the "
                       "usable cores; 1 skips that side)")
@@ -143,18 +153,28 @@ def parse_args(argv=None):
       p.error(f"--seed-chunk must be auto or an integer, got {args.seed_chunk!r}")
     if args.seed_chunk < 1:
       p.error("--seed-chunk must be >= 1")
+  if args.seed_interleave != "auto":
+    try:
+      args.seed_interleave = int(args.seed_interleave)
+    except ValueError:
+      p.error(f"--seed-interleave must be auto or an integer, got {args.seed_interleave!r}")
+    if args.seed_interleave < 1:
+      p.error("--seed-interleave must be >= 1")
   return args
 
 
 # --------------------------------------------------------------------------------------------
 
 
-def program_name(n: int, chunk: int | None) -> str:
-  """What jvae's seed program does with N seeds and chunk size k."""
+def program_name(n: int, chunk: int | None, interleave: int = 1) -> str:
+  """What jvae's seed program does with N seeds (per device), chunk size k and interleave m."""
   if n == 1:
     return "1 seed, no seed axis"
   if chunk is None or chunk >= n:
     return f"one vmap over {n}"
+  if chunk == 1 and interleave > 1:
+    return (f"{min(interleave, n)} seeds' steps per scan body"
+            + (", lax.map over the groups" if n > interleave else ""))
   if chunk == 1:
     return "lax.map over seeds"
   return f"lax.map over chunks of {chunk} vmapped seeds"
@@ -271,14 +291,16 @@ def main(argv=None) -> int:
   tr = jvae.trainer(jvae.elbo(model), optax.adam(LEARNING_RATE), batch_size=BATCH_SIZE)
   vmapped_epoch = jax.vmap(tr.epoch, in_axes=(0, None))
   # jvae's own seed program (what jvae.fit and `jvae train --seeds N` run), without validation
-  seed_epoch = jvae.make_epoch_fn(tr, None, patience=None, seed_chunk=args.seed_chunk)
+  seed_epoch = jvae.make_epoch_fn(tr, None, patience=None, seed_chunk=args.seed_chunk,
+                                  seed_interleave=args.seed_interleave)
   chunk = jvae_fit._resolve_seed_chunk(args.seed_chunk)
+  interleave = jvae_fit._resolve_seed_interleave(args.seed_interleave, chunk, tr)
   cpus = jax.devices("cpu") if backend == "cpu" else []
   host_devices = min(args.host_devices or len(cpus), len(cpus))
   mesh = jvae.make_mesh(host_devices, "seeds") if host_devices > 1 else None
   if mesh is not None:
     mesh_epoch = jvae.make_epoch_fn(tr, None, patience=None, seed_chunk=args.seed_chunk,
-                                    mesh=mesh)
+                                    seed_interleave=args.seed_interleave, mesh=mesh)
   h.log(f"CPU devices for the split seed program: {host_devices}"
         + ("" if mesh is not None else " (that side is not timed)"))
 
@@ -328,7 +350,7 @@ def main(argv=None) -> int:
                                                donate=True)
       runs["jvae_devices"] = h.Carry(dv_fn, fit_state, mesh_data)
     h.log(f"N={n:>3}: compile vmapped {vm_compile:.2f} s"
-          + (f", jvae seed program ({program_name(n, chunk)}) {jvae_compile:.2f} s"
+          + (f", jvae seed program ({program_name(n, chunk, interleave)}) {jvae_compile:.2f} s"
              if chunked else "")
           + (f", over {host_devices} devices {devices_compile:.2f} s" if split else ""))
     rounds = h.alternate(runs, rounds=args.repeats, warmup=args.warmup, on_round=lambda r, t, n=n:
@@ -352,7 +374,7 @@ def main(argv=None) -> int:
         "vmapped_seed_steps_per_s": rate["vmapped"],
         "sequential_seed_steps_per_s": seq_rate,
         "ratio": rate["vmapped"] / seq_rate,
-        "jvae_program_name": program_name(n, chunk),
+        "jvae_program_name": program_name(n, chunk, interleave),
         "jvae_seed_steps_per_s": rate[jvae_side],
         "jvae_program": jvae_side,
         "jvae_ratio": rate[jvae_side] / seq_rate,
@@ -390,7 +412,8 @@ def main(argv=None) -> int:
     plot(rows, args.plot, device=device_name(info), backend=backend, steps=steps)
     h.log(f"plot: {args.plot}")
   h.emit(h.record("seeds", {
-      "rows": rows, "seed_chunk": chunk, "host_devices": host_devices if mesh else 1,
+      "rows": rows, "seed_chunk": chunk, "seed_interleave": interleave,
+      "host_devices": host_devices if mesh else 1,
       "steps_per_epoch": steps, "batch_size": BATCH_SIZE,
       "repeats": args.repeats, "warmup_rounds": args.warmup, "num_examples": int(data.shape[0]),
       "data": data_name, "device_name": device_name(info), "plot": args.plot or None},

@@ -577,6 +577,77 @@ def test_seed_chunk_rejects_bad_values(bad):
     jvae.make_epoch_fn(tr, None, patience=None, seed_chunk=bad)
 
 
+@functools.cache
+def _fit_five(seed_interleave):
+  """5 seeds, 6 epochs, patience 1: the seeds stop at epochs 2 to 6 (see the test below)."""
+  model, x, xv, tr, _, _ = _setup()
+  fs = jvae.fit_init(model, tr, jvae.seed_keys(0, 5), x[:2])
+  return jvae.fit(tr, fs, x, xv, epochs=6, valid_bound=jvae.elbo(model), patience=1,
+                  seed_interleave=seed_interleave)
+
+
+@pytest.mark.parametrize("interleave", [2, 3])
+def test_interleaved_seeds_equal_mapped_seeds(interleave):
+  """Seeds whose steps share one scan body (groups of 2 and a remainder of 1, or 3 and a
+  remainder group of 2) are bitwise the lax.map of the plain program, early stopping included:
+  groups with one seed stopped (run, its result discarded) and with all stopped (skipped)."""
+  ref, ref_hist = _fit_five(1)
+  fs, hist = _fit_five(interleave)
+  active_in = np.stack([np.ones(5, bool)] + [r["active"] for r in ref_hist[:-1]])
+  assert np.any(active_in.any(1) & ~active_in.all(1))  # some epoch trains a partial group
+  assert not active_in[-1, :2].any() and active_in[-1].any()  # seeds 0, 1 stopped, 4 not
+  _assert_trees_equal((fs.train.params, fs.train.opt_state, fs.train.step, fs.best_params,
+                       fs.best_value, fs.best_epoch, fs.active),
+                      (ref.train.params, ref.train.opt_state, ref.train.step, ref.best_params,
+                       ref.best_value, ref.best_epoch, ref.active))
+  np.testing.assert_array_equal(_key_data(fs.train.key), _key_data(ref.train.key))
+  for r, r_ref in zip(hist, ref_hist, strict=True):
+    for name in ("train_bound", "valid_bound", "nonfinite", "active", "beta"):
+      np.testing.assert_array_equal(r[name], r_ref[name], err_msg=name)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_interleaved_epoch_is_each_states_epoch(jit):
+  """Trainer.interleaved_epoch of two states is each one's epoch, bitwise; a state whose steps
+  are all non-finite (NaN params) skips every step without touching the other's."""
+  model, x, _, tr, _, _ = _setup()
+  a = tr.init(model.init(jax.random.key(1), x[:2]), jax.random.key(2))
+  b = tr.init(model.init(jax.random.key(3), x[:2]), jax.random.key(4))
+  b = b._replace(params=jax.tree_util.tree_map(lambda p: jnp.full_like(p, jnp.nan), b.params))
+  both = jax.jit(tr.interleaved_epoch) if jit else tr.interleaved_epoch
+  epoch = jax.jit(tr.epoch) if jit else tr.epoch
+  out = both((a, b), x)
+  assert len(out) == 2
+  for (state, metrics), ref in zip(out, (epoch(a, x), epoch(b, x)), strict=True):
+    _assert_trees_equal((state.params, state.opt_state, state.step, state.nonfinite, metrics),
+                        (ref[0].params, ref[0].opt_state, ref[0].step, ref[0].nonfinite, ref[1]))
+    np.testing.assert_array_equal(_key_data(state.key), _key_data(ref[0].key))
+  assert int(out[0][1]["nonfinite"]) == 0 and int(out[1][1]["nonfinite"]) == N_TRAIN // BATCH
+  assert not np.allclose(_leaves(out[0][0].params)[0], _leaves(a.params)[0])  # a trained
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("x", "seed_interleave must be"), (0, "seed_interleave must be"),
+    (True, "seed_interleave must be"), (1.5, "seed_interleave must be")])
+def test_seed_interleave_rejects_bad_values(bad, match):
+  with pytest.raises(ValueError, match=match):
+    jvae.make_epoch_fn(_setup()[3], None, patience=None, seed_interleave=bad)
+
+
+def test_seed_interleave_needs_unbatched_seeds_and_a_jvae_trainer():
+  tr = _setup()[3]
+  with pytest.raises(ValueError, match=r"needs seed_chunk=1 \(got None"):
+    jvae.make_epoch_fn(tr, None, patience=None, seed_chunk=None, seed_interleave=2)
+  hand = jvae.Trainer(tr.init, tr.step, tr.epoch)  # a Trainer without interleaved_epoch
+  with pytest.raises(ValueError, match="interleaved_epoch"):
+    jvae.make_epoch_fn(hand, None, patience=None, seed_chunk=1, seed_interleave=2)
+  # "auto" falls back to mapping the epoch over the seeds
+  model, x = _setup()[:2]
+  fs, _ = jvae.fit(hand, jvae.fit_init(model, hand, jvae.seed_keys(0, 2), x[:2]), x, epochs=1)
+  ref, _ = jvae.fit(tr, jvae.fit_init(model, tr, jvae.seed_keys(0, 2), x[:2]), x, epochs=1)
+  _assert_trees_equal(fs.train.params, ref.train.params)
+
+
 def test_fit_records_and_best_tracking():
   fs, hist, states = _multi_run()
   assert [int(s.epoch) for s in states] == list(range(1, EPOCHS + 1))

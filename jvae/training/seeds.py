@@ -79,6 +79,7 @@ def _select(mask: Array, new, old):
 
 
 _CPU_SEED_CHUNK = 1
+_CPU_SEED_INTERLEAVE = 2
 
 
 def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
@@ -91,9 +92,38 @@ def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
   return seed_chunk
 
 
+def _resolve_seed_interleave(seed_interleave: int | str, chunk: int | None,
+                             trainer: Trainer) -> int:
+  """``"auto"`` → :data:`_CPU_SEED_INTERLEAVE` on a CPU backend with un-batched seeds (chunk 1)
+  and a trainer that has ``interleaved_epoch``, else 1."""
+  can = chunk == 1 and getattr(trainer, "interleaved_epoch", None) is not None
+  if seed_interleave == "auto":
+    return _CPU_SEED_INTERLEAVE if can and jax.default_backend() == "cpu" else 1
+  if (not isinstance(seed_interleave, int) or isinstance(seed_interleave, bool)
+      or seed_interleave < 1):
+    raise ValueError(f"seed_interleave must be 'auto' or an int >= 1, got {seed_interleave!r}")
+  if seed_interleave > 1 and not can:
+    raise ValueError(f"seed_interleave={seed_interleave} interleaves un-batched seeds: it needs "
+                     f"seed_chunk=1 (got {chunk!r} after resolving) and a trainer from "
+                     "jvae.trainer (one with interleaved_epoch)")
+  return seed_interleave
+
+
+def _skipped(trainer: Trainer, state, train):
+  """A stopped seed's epoch: its state unchanged, the metrics NaN (integers 0)."""
+  shapes = jax.eval_shape(trainer.epoch, state, train)[1]
+  return state, jax.tree_util.tree_map(
+      lambda a: jnp.full(a.shape, jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0,
+                         a.dtype), shapes)
+
+
+def _stack(outs):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+
 def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: int | None,
                   eval_batch_size: int = 500, seed_chunk: int | str | None = "auto",
-                  mesh: Mesh | None = None) -> Callable:
+                  seed_interleave: int | str = "auto", mesh: Mesh | None = None) -> Callable:
   """A pure ``(FitState, train, valid) -> (FitState, metrics)`` for one epoch of all seeds.
 
   Args:
@@ -107,6 +137,12 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
       seeds), still one compiled program. On a CPU a vmapped matmul is a batched dot, slower per
       seed than the plain one (``benchmarks/seeds.py``). ``"auto"`` (default): 1 on a CPU
       backend, None elsewhere. Results agree with any other choice to float32 round-off.
+    seed_interleave: with un-batched seeds (``seed_chunk`` 1), how many seeds' training steps
+      share one ``lax.scan`` body (``Trainer.interleaved_epoch``; ``lax.map`` over such groups).
+      XLA:CPU then runs one seed's elementwise work beside another's matmuls: 1.1–1.2× the
+      seed-steps/s of separate runs on a 2-core CPU (``benchmarks/seeds.py``), each seed's
+      result bitwise that of its own run; compile time grows with the group. ``"auto"``
+      (default): 2 on a CPU backend where ``seed_chunk`` resolves to 1, else 1 (off).
     mesh: optional ``jax.sharding.Mesh`` whose first axis carries the seeds: each device trains
       its N / devices seeds (``jax.shard_map``, so seeds never communicate), with ``seed_chunk``
       applied per device. The seed axis of the state must be placed accordingly
@@ -115,33 +151,57 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
       ``JAX_NUM_CPU_DEVICES``, before JAX starts) run seeds concurrently.
   """
   chunk = _resolve_seed_chunk(seed_chunk)
+  interleave = _resolve_seed_interleave(seed_interleave, chunk, trainer)
 
-  def local(fn, seeded, shared):
+  def local(fn, seeded, shared, group=None):
     """``fn(*seeded_i, *shared)`` for every seed i of ``seeded``'s leading axis, on one device.
 
     A size-1 axis is squeezed instead: one seed then runs the un-batched program, the same as a
     plain single-seed run (its matmuls avoid a size-1 batch axis, which costs XLA:CPU a
-    noticeable share of a step).
+    noticeable share of a step). ``group(seeds, *shared)``, if given, runs a tuple of seeds'
+    ``seeded`` side by side (``interleave`` > 1) and returns their outputs as a tuple.
     """
     n = jax.tree_util.tree_leaves(seeded)[0].shape[0]
     if n == 1:
       out = fn(*jax.tree_util.tree_map(lambda a: a[0], seeded), *shared)
       return jax.tree_util.tree_map(lambda a: a[None], out)
+    if group is not None and interleave > 1:
+      return interleaved(fn, group, seeded, shared, n)
     if chunk is None or chunk >= n:
       return jax.vmap(lambda s: fn(*s, *shared))(seeded)
     return jax.lax.map(lambda s: fn(*s, *shared), seeded,
                        batch_size=chunk if chunk > 1 else None)
 
-  def over_seeds(fn, seeded: tuple, shared: tuple):
+  def interleaved(fn, group, seeded, shared, n):
+    """``local`` over groups of ``interleave`` seeds (``lax.map``), the remainder last."""
+    def run_group(g, size):
+      seeds = tuple(jax.tree_util.tree_map(lambda a, j=j: a[j], g) for j in range(size))
+      return _stack(group(seeds, *shared))
+
+    groups, rem = divmod(n, interleave)
+    cut = groups * interleave
+    parts = []
+    if groups:
+      head = jax.tree_util.tree_map(
+          lambda a: a[:cut].reshape(groups, interleave, *a.shape[1:]), seeded)
+      out = jax.lax.map(lambda g: run_group(g, interleave), head)
+      parts.append(jax.tree_util.tree_map(lambda a: a.reshape(cut, *a.shape[2:]), out))
+    if rem:
+      tail = jax.tree_util.tree_map(lambda a: a[cut:], seeded)
+      parts.append(local(fn, tail, shared) if rem == 1 else run_group(tail, rem))
+    return parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
+        lambda *xs: jnp.concatenate(xs), *parts)
+
+  def over_seeds(fn, seeded: tuple, shared: tuple, group=None):
     """Maps ``fn`` over the seeds of ``seeded`` (leading axes), ``shared`` the same for all."""
     if mesh is None:
-      return local(fn, seeded, shared)
+      return local(fn, seeded, shared, group)
     axis = mesh.axis_names[0]
     n, size = jax.tree_util.tree_leaves(seeded)[0].shape[0], mesh.shape[axis]
     if n % size:
       raise ValueError(f"seed-parallel training needs the number of seeds ({n}) to be a "
                        f"multiple of the mesh axis {axis!r} ({size} devices)")
-    return jax.shard_map(lambda s, sh: local(fn, s, sh), mesh=mesh,
+    return jax.shard_map(lambda s, sh: local(fn, s, sh, group), mesh=mesh,
                          in_specs=(PartitionSpec(axis), PartitionSpec()),
                          out_specs=PartitionSpec(axis),
                          # every output is per seed; the per-device program is any model's
@@ -151,16 +211,24 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
   def train_one(state, active, train):
     """One seed's epoch, or its state unchanged once it has stopped (a ``lax.cond``: skipped
     un-batched, both sides computed and selected under ``vmap``)."""
-    def skip():
-      shapes = jax.eval_shape(trainer.epoch, state, train)[1]
-      return state, jax.tree_util.tree_map(
-          lambda a: jnp.full(a.shape, jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0,
-                             a.dtype), shapes)
+    return jax.lax.cond(active, lambda: trainer.epoch(state, train),
+                        lambda: _skipped(trainer, state, train))
 
-    return jax.lax.cond(active, lambda: trainer.epoch(state, train), skip)
+  def train_group(seeds, train):
+    """``train_one`` of each ``(state, active)`` in ``seeds``, their steps interleaved: skipped
+    when every one has stopped, else run for all, a stopped seed's result then discarded."""
+    states, actives = tuple(s for s, _ in seeds), tuple(a for _, a in seeds)
+
+    def run():
+      outs = trainer.interleaved_epoch(states, train)
+      return tuple(_select(a, out, _skipped(trainer, s, train))
+                   for a, s, out in zip(actives, states, outs, strict=True))
+
+    return jax.lax.cond(jnp.any(jnp.stack(actives)), run,
+                        lambda: tuple(_skipped(trainer, s, train) for s in states))
 
   def epoch_fn(fs: FitState, train: Array, valid: Array | None):
-    train_state, m = over_seeds(train_one, (fs.train, fs.active), (train,))
+    train_state, m = over_seeds(train_one, (fs.train, fs.active), (train,), train_group)
     epoch = fs.epoch + 1
     # A stopped seed's epoch is not run (or, vmapped, run and discarded): report NaN.
     metrics = {"train_bound": jnp.where(fs.active, m["bound"], jnp.nan),
@@ -190,7 +258,7 @@ def fit(trainer: Trainer, state: FitState, train: Array, valid: Array | None = N
         epochs: int, valid_bound: Callable | None = None, patience: int | None = None,
         eval_batch_size: int = 500, callback: Callable | None = None,
         epoch_fn: Callable | None = None,
-        seed_chunk: int | str | None = "auto",
+        seed_chunk: int | str | None = "auto", seed_interleave: int | str = "auto",
         mesh: Mesh | None = None) -> tuple[FitState, list[dict]]:
   """Train all seeds of ``state`` for up to ``epochs`` epochs (counting those already done).
 
@@ -209,6 +277,8 @@ def fit(trainer: Trainer, state: FitState, train: Array, valid: Array | None = N
     epoch_fn: a prebuilt (e.g. sharded, jitted) epoch function; default builds and jits one.
     seed_chunk: seeds per vmapped chunk for the default epoch function (see
       :func:`make_epoch_fn`).
+    seed_interleave: seeds whose steps share one scan, for the default epoch function (see
+      :func:`make_epoch_fn`).
     mesh: for the default epoch function: train the seeds split over this mesh's first axis
       (see :func:`make_epoch_fn`; place ``state`` with :func:`jvae.place_fit_state` first).
   Returns:
@@ -220,7 +290,7 @@ def fit(trainer: Trainer, state: FitState, train: Array, valid: Array | None = N
   if epoch_fn is None:
     epoch_fn = jax.jit(make_epoch_fn(trainer, valid_bound, patience=patience,
                                      eval_batch_size=eval_batch_size, seed_chunk=seed_chunk,
-                                     mesh=mesh))
+                                     seed_interleave=seed_interleave, mesh=mesh))
   history = []
   steps_per_epoch = None
   while int(state.epoch) < epochs and bool(np.any(np.asarray(state.active))):

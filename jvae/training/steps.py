@@ -60,11 +60,17 @@ class Trainer(NamedTuple):
       and counts (``nonfinite``). The result is that of ``step`` applied batch by batch; the
       scan runs without the per-step guard and is redone with it only when a step was not
       finite (under ``jax.vmap``; see :func:`trainer`).
+    interleaved_epoch: ``(states, data) -> ((state, metrics), ...)`` for a tuple of independent
+      states (e.g. seeds): ``epoch`` of each, their un-batched steps side by side in one
+      ``lax.scan`` body, so that XLA:CPU runs one state's elementwise work beside another's
+      matmuls; each result is that state's ``epoch`` (no batched dots, unlike ``vmap``). None
+      for a hand-built Trainer: :func:`jvae.make_epoch_fn` then maps ``epoch`` instead.
   """
 
   init: Callable[..., TrainState]
   step: Callable[..., tuple[TrainState, dict]]
   epoch: Callable[..., tuple[TrainState, dict]]
+  interleaved_epoch: Callable[..., tuple] | None = None
 
 
 def _finite_step(loss: Array, grads) -> Array:
@@ -239,15 +245,25 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
   step = _unbatched_or_vmapped(functools.partial(guarded_step, guard="unbatched"),
                                functools.partial(guarded_step, guard="vmapped"))
 
-  def run_epoch(state: TrainState, data: Array, *, guard: str):
+  def epoch_indices(state: TrainState, data):
+    """``(start, idx)``: the state the epoch starts from and its ``(steps, batch)`` rows."""
     n = data_of(data).shape[0]
     num_batches = n // batch_size
     if num_batches < 1:
       raise ValueError(f"batch_size {batch_size} is larger than the data set ({n} examples)")
     key, perm_key = jax.random.split(state.key)
     idx = jax.random.permutation(perm_key, n)[: num_batches * batch_size]
-    idx = idx.reshape(num_batches, batch_size)
-    start = state._replace(key=key)
+    return state._replace(key=key), idx.reshape(num_batches, batch_size)
+
+  def epoch_metrics(start: TrainState, state: TrainState, m: dict) -> dict:
+    finite = jnp.maximum(jnp.sum(m["finite"]), 1.0)
+    loss = jnp.sum(m["loss"]) / finite
+    extra = {"temperature": m["temperature"][-1]} if "temperature" in m else {}
+    return {"loss": loss, "bound": -loss, "nonfinite": state.nonfinite - start.nonfinite,
+            "beta": m["beta"][-1], **extra}
+
+  def run_epoch(state: TrainState, data: Array, *, guard: str):
+    start, idx = epoch_indices(state, data)
 
     def run(guard):
       def body(s, batch_idx):
@@ -260,16 +276,28 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
                               lambda: run(guard))
     else:
       state, m = run(guard)
-    finite = jnp.maximum(jnp.sum(m["finite"]), 1.0)
-    loss = jnp.sum(m["loss"]) / finite
-    extra = {"temperature": m["temperature"][-1]} if "temperature" in m else {}
-    return state, {"loss": loss, "bound": -loss, "nonfinite": state.nonfinite - start.nonfinite,
-                   "beta": m["beta"][-1], **extra}
+    return state, epoch_metrics(start, state, m)
+
+  def interleaved_epoch(states, data):
+    """``epoch`` of each state in the tuple ``states``, their steps in one scan body."""
+    if not isinstance(states, (tuple, list)) or not states:
+      raise ValueError("interleaved_epoch needs a non-empty tuple of TrainStates, got "
+                       f"{type(states).__name__} of length {len(states) if states else 0}")
+    starts, idx = zip(*(epoch_indices(s, data) for s in states), strict=True)
+
+    def body(ss, batch_idx):
+      out = [guarded_step(s, _take(data, i), guard="unbatched")
+             for s, i in zip(ss, batch_idx, strict=True)]
+      return tuple(o[0] for o in out), tuple(o[1] for o in out)
+
+    ends, ms = jax.lax.scan(body, tuple(starts), tuple(idx))
+    return tuple((end, epoch_metrics(start, end, m))
+                 for start, end, m in zip(starts, ends, ms, strict=True))
 
   epoch = _unbatched_or_vmapped(functools.partial(run_epoch, guard="unbatched"),
                                 functools.partial(run_epoch, guard="vmapped"))
 
-  return Trainer(init, step, epoch)
+  return Trainer(init, step, epoch, interleaved_epoch)
 
 
 def _as_float(batch):
