@@ -30,6 +30,7 @@ SUITES = {
         "peers": ["--quick", "--rounds", "9"],  # medians of 9 alternating rounds: steadier
         "evaluation": ["--quick"],
         "seeds": ["--quick"],
+        "precision": ["--quick"],
         "snr": ["--quick"],
         "discrete": ["--quick"],
         "m2": ["--quick"],
@@ -42,6 +43,7 @@ SUITES = {
         "peers": [],
         "evaluation": [],
         "seeds": [],
+        "precision": [],
         "snr": [],
         "discrete": [],
         "m2": [],

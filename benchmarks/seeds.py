@@ -43,7 +43,8 @@ slower instead (0.70–0.83× one device: a gradient all-reduce every 2.4 ms ste
 
 All donate their state. After compiling and ``--warmup`` untimed rounds, the sides are timed
 one after another (the order rotating each repeat, ``_harness.alternate``) for ``--repeats``
-rounds; the median time gives ``seed-steps/s = N·S / seconds``,
+rounds, times ceil(16 / N) below N = 16 (``rounds_for``: a 4-seed epoch is short, and its median
+of 3 rounds swung by ±10% between runs); the median time gives ``seed-steps/s = N·S / seconds``,
 ``ratio = vmapped / sequential`` and ``jvae_ratio = jvae / sequential`` seed-steps/s. Compile
 time is reported separately. Each row also has ``cpu_time_ratio`` and ``jvae_cpu_time_ratio``:
 the same ratios in seed-steps per CPU second of this process (all its threads;
@@ -85,6 +86,7 @@ DEFAULT_REPEATS = 5
 QUICK_SEEDS = (1, 4, 16, 64)
 QUICK_STEPS = 50
 QUICK_REPEATS = 3
+EVEN_SEEDS = 16  # below this N, more rounds: every N times >= repeats x 16 seed-epochs
 CPU_RATIO_MIN = 1.0
 GPU_RATIO_AT_64_MIN = 20.0
 GPU_GOAL_SEEDS = 64
@@ -108,8 +110,9 @@ def parse_args(argv=None):
                  help=f"steps per epoch S, using the first S*{BATCH_SIZE} training images "
                       f"(default {DEFAULT_STEPS}; {QUICK_STEPS} if --quick)")
   p.add_argument("--repeats", type=int, default=None,
-                 help=f"timed rounds per N; the median is reported (default {DEFAULT_REPEATS}; "
-                      f"{QUICK_REPEATS} if --quick)")
+                 help=f"timed rounds per N, times ceil({EVEN_SEEDS} / N) below N = {EVEN_SEEDS} "
+                      f"(short epochs are noisier); the median is reported (default "
+                      f"{DEFAULT_REPEATS}; {QUICK_REPEATS} if --quick)")
   p.add_argument("--warmup", type=int, default=None,
                  help="untimed rounds per N after compiling (default 1; 0 if --quick, whose "
                       "medians of 3 rounds absorb a slower first round and which must fit the "
@@ -164,6 +167,12 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def rounds_for(n: int, repeats: int) -> int:
+  """Timed rounds for N seeds: ``repeats`` × ceil(EVEN_SEEDS / N), so that a small N's short
+  epochs are timed over as many seed-epochs as N = EVEN_SEEDS's (their medians are as steady)."""
+  return repeats * max(1, -(-EVEN_SEEDS // n))
 
 
 def program_name(n: int, chunk: int | None, interleave: int = 1) -> str:
@@ -353,7 +362,8 @@ def main(argv=None) -> int:
           + (f", jvae seed program ({program_name(n, chunk, interleave)}) {jvae_compile:.2f} s"
              if chunked else "")
           + (f", over {host_devices} devices {devices_compile:.2f} s" if split else ""))
-    rounds = h.alternate(runs, rounds=args.repeats, warmup=args.warmup, on_round=lambda r, t, n=n:
+    rounds = h.alternate(runs, rounds=rounds_for(n, args.repeats), warmup=args.warmup,
+                         on_round=lambda r, t, n=n:
                          h.log(f"N={n:>3}: round {r + 1}: " + ", ".join(
                              f"{side} {n * steps / t.wall[side][-1]:.1f} seed-steps/s"
                              for side in t.wall)))

@@ -13,7 +13,7 @@ import pytest
 
 import jvae
 from benchmarks import _harness as h
-from benchmarks import _report, evaluation, peers, throughput
+from benchmarks import _report, evaluation, peers, precision, throughput
 from jvae.training.evaluation import evaluate_pointwise
 
 
@@ -145,5 +145,12 @@ def test_scripts_run_with_tiny_options(tmp_path, capsys):
   rec = json.loads(out.read_text())
   assert [r["impl"] for r in rec["rows"]] == ["jvae", "matmul_floor"]
   assert rec["ratios"]["jvae_vs_matmul_floor"] > 0
+  out = tmp_path / "precision.json"
+  assert precision.main(["--steps", "2", "--rounds", "1", "--warmup", "0", "--eval-samples",
+                         "4", "--eval-images", "10", "--out", str(out)]) == 0
+  rec = json.loads(out.read_text())
+  assert set(rec["train_steps_per_s"]) == {"float32", "bfloat16"}
+  assert 0 < rec["eval_effect_mean_abs"] < 1.0 and np.isfinite(rec["train_effect"])
   text = _report.render(tmp_path, tmp_path / "B.md").read_text()
   assert "matmul_floor" in text and "peak extra memory" in text
+  assert "bf16 / f32" in text and "Effect on the bound" in text

@@ -7,6 +7,7 @@ from jvae.models.m2 import M2, Classifier, m2
 from jvae.models.conditional import ConditionalVAE, cvae
 from jvae.models.contract import Batch, Joint, LatentModel, Proposal
 from jvae.models.networks import MLP, Decoder, Encoder
+from jvae.models.precision import MixedPrecision, mixed_precision
 from jvae.models.hierarchical import HierarchicalVAE
 from jvae.models.ladder import LadderVAE
 from jvae.models.presets import PRESETS, burda2015, burda2015_2layer, kingma2014, lvae, mlp_vae
@@ -26,4 +27,5 @@ __all__ = [
     "ConditionalGaussianPrior", "LearnedGaussianPrior", "MixturePrior", "VampPrior",
     "prior_samples", "WithBaseline", "with_baseline", "discrete_oracle",
     "DiscreteVAE", "SigmoidBeliefNet", "MixedVAE", "M2", "Classifier", "m2",
+    "MixedPrecision", "mixed_precision",
 ]
