@@ -179,8 +179,12 @@ def seeds(rec):
       line += (f" {_f(row.get('jvae_devices_seed_steps_per_s'))} | "
                f"{_f(row.get('jvae_devices_ratio'), '{:.2f}')} |")
     lines.append(line)
-  lines += ["", f"{rec.get('steps_per_epoch')} steps per epoch, median of {rec.get('repeats')} "
-            "rounds; seed-steps/s."]
+  counts = sorted({len((row.get("wall_s") or {}).get("sequential", [])) for row in
+                   rec.get("rows", [])} - {0})
+  rounds = (f"{rec.get('repeats')}" if len(counts) <= 1 else
+            f"{counts[0]} to {counts[-1]} (more for small N)")
+  lines += ["", f"{rec.get('steps_per_epoch')} steps per epoch, median of {rounds} rounds; "
+            "seed-steps/s."]
   if rec.get("jax_backend") == "cpu":
     lines[-1] += " Timings on a shared 2-core machine vary by several percent from run to run."
   return lines

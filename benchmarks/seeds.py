@@ -16,8 +16,8 @@ For each N (default 1, 4, 16, 64):
 * **jvae**: jvae's own seed program, ``jvae.make_epoch_fn(trainer, None, patience=None,
   seed_chunk=--seed-chunk)`` on a ``jvae.fit_init`` state: what ``jvae.fit`` and
   ``jvae train --seeds N`` run, without validation. With the defaults ``seed_chunk="auto"`` and
-  ``seed_interleave="auto"`` on a CPU it runs the plain single-seed steps of 2 seeds side by side
-  in one scan body (``Trainer.interleaved_epoch``), ``lax.map`` over such pairs (one vmap over all
+  ``seed_interleave="auto"`` on a CPU it runs the plain single-seed steps of 4 seeds side by side
+  in one scan body (``Trainer.interleaved_epoch``), ``lax.map`` over such groups (one vmap over all
   N on a GPU/TPU, where this side is then the same program as *vmapped* and is not timed twice),
   and for N = 1 the plain single-seed program. Timed only where it differs from *vmapped*.
 * **jvae over D devices** (on a CPU, D = ``--host-devices``, default its usable cores, when
@@ -35,8 +35,11 @@ the seeds split over the 2 cores as devices 1.26–1.57× (one device's intra-op
 second core idle in every elementwise fusion and in small matmuls). On one device, the steps of
 2 seeds in one scan body let XLA's thunk executor run one seed's elementwise fusions beside the
 other's dots: 1.12–1.20× sequential for 8 seeds in groups of 2 (4: 1.06–1.12×, 8: 1.19–1.27×,
-noise ±10%; compile 2.1 s for 2 against 1.6 s for one seed, 5.3 s for 8), bitwise the same
-results; a per-step ``lax.cond`` on "seed still active" inside that body lost it all (0.8–0.9×),
+noise ±10%; compile 2.1 s for 2 against 1.6 s for one seed, 2.7 s for 4, 5.3 s for 8), bitwise
+the same results. For 16 seeds in two runs, per seed-epoch: groups of 2 at 0.88 and 0.99 of
+sequential's time, of 4 at 0.79 and 0.94, of 8 at 0.88 (one run), so 4 is the CPU default;
+in the quick suite at 9993b26 groups of 2 read 1.05, 0.99, 1.17× at N = 4, 16, 64. A per-step
+``lax.cond`` on "seed still active" inside that body lost it all (0.8–0.9×),
 hence one cond per group per epoch. Whole epochs of 2 seeds side by side in one program (two
 while loops) ran one after the other (1.0×). Data parallelism over the 2 CPU devices was
 slower instead (0.70–0.83× one device: a gradient all-reduce every 2.4 ms step).
@@ -122,7 +125,7 @@ def parse_args(argv=None):
                       "seed_chunk): auto (1 on a CPU, all at once elsewhere) or an integer")
   p.add_argument("--seed-interleave", default="auto",
                  help="with un-batched seeds, seeds whose steps share one scan body "
-                      "(jvae.make_epoch_fn's seed_interleave): auto (2 on a CPU) or an integer")
+                      "(jvae.make_epoch_fn's seed_interleave): auto (4 on a CPU) or an integer")
   p.add_argument("--host-devices", type=int, default=None,
                  help="CPU devices for the seed program split over devices (default: the "
                       "usable cores; 1 skips that side)")

@@ -176,7 +176,7 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
       add("--parallel", choices=("data", "seeds"), default="data"),
       add("--seed-chunk", type=_seed_chunk, default="auto", metavar="K|auto",
           help="with --seeds: train K seeds per vmap (per device with --parallel seeds), "
-               "lax.map over the chunks (auto: 1 on a CPU, 2 seeds' plain steps then sharing "
+               "lax.map over the chunks (auto: 1 on a CPU, 4 seeds' plain steps then sharing "
                "one scan body; all at once on an accelerator); speed only"),
       add("--eval-samples", type=_positive_int, default=None,
           help="K of the final test IWAE / log-likelihood estimate (default 100)"),

@@ -79,7 +79,7 @@ def _select(mask: Array, new, old):
 
 
 _CPU_SEED_CHUNK = 1
-_CPU_SEED_INTERLEAVE = 2
+_CPU_SEED_INTERLEAVE = 4
 
 
 def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
@@ -139,10 +139,11 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
       backend, None elsewhere. Results agree with any other choice to float32 round-off.
     seed_interleave: with un-batched seeds (``seed_chunk`` 1), how many seeds' training steps
       share one ``lax.scan`` body (``Trainer.interleaved_epoch``; ``lax.map`` over such groups).
-      XLA:CPU then runs one seed's elementwise work beside another's matmuls: 1.1–1.2× the
-      seed-steps/s of separate runs on a 2-core CPU (``benchmarks/seeds.py``), each seed's
-      result bitwise that of its own run; compile time grows with the group. ``"auto"``
-      (default): 2 on a CPU backend where ``seed_chunk`` resolves to 1, else 1 (off).
+      XLA:CPU then runs one seed's elementwise work beside another's matmuls: faster than
+      separate runs on a 2-core CPU (16 seeds in groups of 4: 1.07–1.26× in two side-by-side
+      runs; ``benchmarks/seeds.py``), each seed's result bitwise that of its own run; compile
+      time grows with the group. ``"auto"`` (default): 4 on a CPU backend where ``seed_chunk``
+      resolves to 1, else 1 (off).
     mesh: optional ``jax.sharding.Mesh`` whose first axis carries the seeds: each device trains
       its N / devices seeds (``jax.shard_map``, so seeds never communicate), with ``seed_chunk``
       applied per device. The seed axis of the state must be placed accordingly
