@@ -3,7 +3,7 @@
 Runs each benchmark script in its own process (a fresh JAX runtime each), collects their JSON
 records in ``benchmarks/results/<name>[-<tag>].json`` (machine, device, versions, date inside),
 and regenerates ``BENCHMARKS.md`` from every record found there. ``quick`` is sized for a 2-core
-CPU (about 10 minutes); ``full`` is for an accelerator (and, slowly, for a CPU).
+CPU (about 12 minutes); ``full`` is for an accelerator (and, slowly, for a CPU).
 
     python -m benchmarks --suite quick
     python -m benchmarks --suite full --tag h100

@@ -119,7 +119,7 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=None,
                  help="untimed rounds per N after compiling (default 1; 0 if --quick, whose "
                       "medians of 3 rounds absorb a slower first round and which must fit the "
-                      "quick suite's 10 minutes)")
+                      "quick suite's 12 minutes)")
   p.add_argument("--seed-chunk", default="auto",
                  help="seeds per vmapped chunk in jvae's seed program (jvae.make_epoch_fn's "
                       "seed_chunk): auto (1 on a CPU, all at once elsewhere) or an integer")
