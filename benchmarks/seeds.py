@@ -67,6 +67,7 @@ axis alone.
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import statistics
 import sys
@@ -120,10 +121,10 @@ def parse_args(argv=None):
                  help="untimed rounds per N after compiling (default 1; 0 if --quick, whose "
                       "medians of 3 rounds absorb a slower first round and which must fit the "
                       "quick suite's 12 minutes)")
-  p.add_argument("--seed-chunk", default="auto",
+  p.add_argument("--seed-chunk", default="auto", type=auto_or_positive,
                  help="seeds per vmapped chunk in jvae's seed program (jvae.make_epoch_fn's "
                       "seed_chunk): auto (1 on a CPU, all at once elsewhere) or an integer")
-  p.add_argument("--seed-interleave", default="auto",
+  p.add_argument("--seed-interleave", default="auto", type=auto_or_positive,
                  help="with un-batched seeds, seeds whose steps share one scan body "
                       "(jvae.make_epoch_fn's seed_interleave): auto (4 on a CPU) or an integer")
   p.add_argument("--host-devices", type=int, default=None,
@@ -152,21 +153,20 @@ def parse_args(argv=None):
     p.error("--warmup must be >= 0")
   if args.host_devices is not None and args.host_devices < 1:
     p.error("--host-devices must be >= 1")
-  if args.seed_chunk != "auto":
-    try:
-      args.seed_chunk = int(args.seed_chunk)
-    except ValueError:
-      p.error(f"--seed-chunk must be auto or an integer, got {args.seed_chunk!r}")
-    if args.seed_chunk < 1:
-      p.error("--seed-chunk must be >= 1")
-  if args.seed_interleave != "auto":
-    try:
-      args.seed_interleave = int(args.seed_interleave)
-    except ValueError:
-      p.error(f"--seed-interleave must be auto or an integer, got {args.seed_interleave!r}")
-    if args.seed_interleave < 1:
-      p.error("--seed-interleave must be >= 1")
   return args
+
+
+def auto_or_positive(text: str):
+  """``auto`` or an integer >= 1 (``--seed-chunk``, ``--seed-interleave``)."""
+  if text == "auto":
+    return text
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"must be auto or an integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be auto or an integer >= 1, got {value}")
+  return value
 
 
 # --------------------------------------------------------------------------------------------

@@ -109,12 +109,16 @@ def _resolve_seed_interleave(seed_interleave: int | str, chunk: int | None,
   return seed_interleave
 
 
+def _nan_like(metrics):
+  """Metrics of a skipped epoch: NaN (integers 0), shaped like ``metrics`` (arrays or shapes)."""
+  return jax.tree_util.tree_map(
+      lambda a: jnp.full(a.shape, jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0,
+                         a.dtype), metrics)
+
+
 def _skipped(trainer: Trainer, state, train):
   """A stopped seed's epoch: its state unchanged, the metrics NaN (integers 0)."""
-  shapes = jax.eval_shape(trainer.epoch, state, train)[1]
-  return state, jax.tree_util.tree_map(
-      lambda a: jnp.full(a.shape, jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0,
-                         a.dtype), shapes)
+  return state, _nan_like(jax.eval_shape(trainer.epoch, state, train)[1])
 
 
 def _stack(outs):
@@ -222,11 +226,12 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
 
     def run():
       outs = trainer.interleaved_epoch(states, train)
-      return tuple(_select(a, out, _skipped(trainer, s, train))
+      return tuple(_select(a, out, (s, _nan_like(out[1])))
                    for a, s, out in zip(actives, states, outs, strict=True))
 
+    shapes = jax.eval_shape(trainer.epoch, states[0], train)[1]  # the same for every seed
     return jax.lax.cond(jnp.any(jnp.stack(actives)), run,
-                        lambda: tuple(_skipped(trainer, s, train) for s in states))
+                        lambda: tuple((s, _nan_like(shapes)) for s in states))
 
   def epoch_fn(fs: FitState, train: Array, valid: Array | None):
     train_state, m = over_seeds(train_one, (fs.train, fs.active), (train,), train_group)
