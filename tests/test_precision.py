@@ -74,6 +74,7 @@ def test_wrapped_model_trains_under_jit_and_vmap(setup):
   keys = jax.random.split(jax.random.key(6), 3)
   per_key = jax.vmap(lambda k: jvae.elbo(mixed)(params, k, x))(keys)
   assert per_key.shape == (3, 32) and np.all(np.isfinite(per_key))
+  assert mixed.encoder is model.encoder  # submodules and data as they are
   # the optional methods are the wrapped model's (here the decoder, through apply)
   z = jnp.zeros((1, 32, 3))
   assert np.allclose(mixed.log_joint(params, x, z).log_lik,

@@ -126,7 +126,8 @@ class MixedPrecision:
     if name.startswith("__") or name in ("model", "dtype", "_interceptor"):
       raise AttributeError(name)
     attr = getattr(self.model, name)
-    return self._wrap(attr) if callable(attr) else attr
+    # methods run under the interception; data and submodules (e.g. ``model.encoder``) as they are
+    return self._wrap(attr) if callable(attr) and not isinstance(attr, (nn.Module, type)) else attr
 
   def __repr__(self) -> str:
     return f"MixedPrecision({self.model!r}, dtype={np.dtype(self.dtype).name})"
