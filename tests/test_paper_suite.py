@@ -139,7 +139,8 @@ def _env():
 def test_cli_lr_stages_and_adam_eps(tmp_path):
   run = tmp_path / "run"
   subprocess.run([sys.executable, "-m", "jvae", "train", "--lr-stages", "1", "1",
-                  "--adam-eps", "1e-4", "--out", str(run), "--no-progress", "--eval-samples", "2"],
+                  "--adam-eps", "1e-4", "--out", str(run), "--no-progress", "--eval-samples", "2",
+                  "--hidden", "16", "--latent-dim", "2", "--batch-size", "100"],  # a tiny model
                  check=True, capture_output=True, env=_env())
   cfg = json.loads((run / "config.json").read_text())
   assert cfg["lr_stages"] == [1, 1] and cfg["adam_eps"] == 1e-4 and cfg["epochs"] == 2
