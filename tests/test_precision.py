@@ -86,6 +86,8 @@ def test_mixed_precision_rejects_bad_input(setup):
   with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', 'float16'\], got "
                      r"'float32'"):
     jvae.mixed_precision(model, dtype="float32")
+  with pytest.raises(ValueError, match="dtype must be one of"):
+    jvae.mixed_precision(model, dtype=object())
   with pytest.raises(TypeError):
     jvae.mixed_precision(object())
   twice = jvae.mixed_precision(jvae.mixed_precision(model), dtype="float16")

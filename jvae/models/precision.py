@@ -151,7 +151,10 @@ def mixed_precision(model, *, dtype="bfloat16") -> MixedPrecision:
     ValueError: ``dtype`` is not bfloat16 or float16.
   """
   check_model(model)
-  name = dtype if isinstance(dtype, str) else getattr(np.dtype(dtype), "name", str(dtype))
+  try:
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+  except TypeError:  # not a dtype at all
+    name = None
   if name not in DTYPES:
     raise ValueError(f"mixed_precision dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
   if isinstance(model, MixedPrecision):
