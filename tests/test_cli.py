@@ -298,6 +298,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path):
   assert [r["valid_bound"] for r in rows] == [r["valid_bound"] for r in ref]
 
 
+@pytest.mark.xla_defaults  # bitwise across two compiled programs
 def test_seed_i_of_a_chunk_1_run_is_the_one_seed_run_of_seed_plus_i(trained_run, tmp_path):
   """Seed 1 of trained_run (seed 0, --seeds 2 --seed-chunk 1) is the one-seed run of seed 1."""
   one_dir = tmp_path / "seed1"

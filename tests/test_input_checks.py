@@ -144,6 +144,7 @@ def _old_bernoulli(logits, x):
   return x * logits - jax.nn.softplus(logits)
 
 
+@pytest.mark.xla_defaults  # bitwise across two compiled programs
 @pytest.mark.parametrize("jit", [False, True])
 def test_bernoulli_outside_support_is_nan(jit):
   """x ∉ [0, 1] (NaN and ±inf included) gives NaN, where the bare formula gives a finite value or

@@ -1,6 +1,8 @@
 """Mixed precision (jvae.mixed_precision): the low-precision matmul and its gradient against a
 float64 oracle of the same rounding, and the wrapped model end to end."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,3 +94,36 @@ def test_mixed_precision_rejects_bad_input(setup):
     jvae.mixed_precision(object())
   twice = jvae.mixed_precision(jvae.mixed_precision(model), dtype="float16")
   assert twice.model is model and twice.dtype == jnp.float16
+
+
+def test_cli_trains_in_low_precision_and_reports_float32_bounds(tmp_path):
+  """``jvae train --matmul-precision bfloat16``: the training objective is the wrapped model's
+  bound, validation is the float32 model's, on the same parameters; a tiny run ends to end, its
+  config records the precision, and a run saved before the option reads as float32."""
+  from jvae.cli import args as cli_args
+  from jvae.cli import build
+  from jvae.cli import main as cli_main  # the function
+  from jvae.cli import run as r
+
+  parse = cli_args.build_parser().parse_args
+  tiny = ["--hidden", "16", "--latent-dim", "2", "--epochs", "1", "--no-progress"]
+  cfg = r._config_from_args(parse(["train", *tiny, "--matmul-precision", "bfloat16"]))
+  run = r.Run(cfg)
+  params = jax.tree_util.tree_map(lambda a: a[0], run.init_state.best_params)
+  x = jnp.asarray(build.take(run.data.train, slice(0, 20)))
+  key = jax.random.key(3)
+  low = jvae.elbo(jvae.mixed_precision(run.model))(params, key, x)
+  full = jvae.elbo(run.model)(params, key, x)
+  assert float(jnp.max(jnp.abs(low - full))) > 1e-4  # the rounding is visible in the bound
+  np.testing.assert_array_equal(run.objective(params, key, x), low)
+  np.testing.assert_array_equal(run.valid_bound(params, key, x), full)
+
+  out = tmp_path / "bf16"
+  assert cli_main(["train", *tiny, "--matmul-precision", "bfloat16", "--out", str(out)]) == 0
+  saved = json.loads((out / "config.json").read_text())
+  assert saved["matmul_precision"] == "bfloat16"
+  assert np.isfinite(json.loads((out / "summary.json").read_text())["per_seed"]["elbo"][0])
+  old = {k: v for k, v in saved.items() if k != "matmul_precision"}
+  assert build.complete_config(old, r.CONFIG_KEYS)["matmul_precision"] == "float32"
+  with pytest.raises(SystemExit):
+    parse(["train", "--matmul-precision", "tf32"])

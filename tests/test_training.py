@@ -585,6 +585,7 @@ def _fit_five(seed_interleave):
                   seed_interleave=seed_interleave)
 
 
+@pytest.mark.xla_defaults  # bitwise across two compiled programs
 def test_interleaved_seeds_equal_mapped_seeds():
   """Seeds whose steps share one scan body (lax.map over 2 groups of 2, a remainder of 1) are
   bitwise the lax.map of the plain program, early stopping included: groups with one seed

@@ -69,6 +69,7 @@ LABELLED_DATASETS = ("digits", "mnist-dynamic", "fashion_mnist")
 # The default --latent-dims of the layered models, (d_1, …, d_L).
 LAYER_LATENT_DIMS = {"burda2015_2layer": (100, 50), "lvae": (64, 32)}
 DEFAULT_VAMP_COMPONENTS = 50
+MATMUL_PRECISIONS = ("float32", "bfloat16", "float16")
 DEFAULT_PRIOR_COMPONENTS = 10
 # Options a resumed run may change; every other option must agree with the saved run.
 RESUME_MAY_CHANGE = ("epochs", "patience", "eval_samples", "seed_chunk", "no_progress")
@@ -155,6 +156,11 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
                "burda2015_2layer and lvae)"),
       add("--free-bits-groups", type=_positive_int, default=None,
           help="number of groups; must divide the latent size (the number of layers)"),
+      add("--matmul-precision", choices=MATMUL_PRECISIONS, default="float32",
+          help="the training step's matmuls (every flax Dense layer): float32 (the default), or "
+               "bfloat16/float16 operands with float32 accumulation, forward and backward "
+               "(jvae.mixed_precision); parameters, optimizer state and every reported bound "
+               "(validation, test, jvae eval) stay float32"),
       add("--epochs", type=_nonneg_int, default=None,
           help=f"number of epochs (default {DEFAULT_EPOCHS}); with --resume, a new total"),
       add("--batch-size", type=_positive_int, default=100),

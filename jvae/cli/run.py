@@ -56,7 +56,8 @@ CONFIG_KEYS = ("data", "valid_size", "likelihood", "model", "hidden", "latent_di
                "prior_components", "observed_quadrants", "labels", "classifier_weight",
                "posterior", "iaf_steps", "bound",
                "num_samples", "groups", "alpha", "elbo_weight", "kl", "estimator",
-               "warmup_steps", "beta", "free_bits", "free_bits_groups", "epochs", "batch_size",
+               "warmup_steps", "beta", "free_bits", "free_bits_groups", "matmul_precision",
+               "epochs", "batch_size",
                "lr", "optimizer", "adam_eps", "lr_stages",
                "patience", "seed", "seeds", "devices", "parallel",
                "eval_samples")
@@ -91,7 +92,12 @@ class Run:
     _check_config(cfg, size(self.data.train))
     try:
       self.model = build_model(cfg, self.data)
-      self.objective = build_bound(self.model, cfg, for_training=True, data=self.data)
+      # --matmul-precision changes the training objective only: what is validated, tested and
+      # evaluated is the float32 model, on the same float32 parameters.
+      trained = self.model
+      if cfg["matmul_precision"] != "float32":
+        trained = jvae.mixed_precision(self.model, dtype=cfg["matmul_precision"])
+      self.objective = build_bound(trained, cfg, for_training=True, data=self.data)
       if self.data.binarize == "dynamic":  # a fresh draw of every training batch
         self.objective = jvae.dynamic_binarization(self.objective)
       self.valid_bound = build_bound(self.model, cfg, for_training=False, data=self.data)
