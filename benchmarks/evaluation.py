@@ -29,7 +29,8 @@ deleted once its findings were written here):
 * the 200→784 output dot: 45% of the step, at ≈ 85 GFLOP per core-second, the rate of a 2048²
   f32 GEMM on the same machine (87): it runs at the matmul roofline, and it is 76% of the
   decoder's FLOPs (313,600 of 413,600 per sample; the encoder runs once per image);
-* the Bernoulli log-prob (softplus and x·l, summed over 784 pixels): 31%;
+* the Bernoulli log-prob (softplus and x·l, summed over 784 pixels): 31% (before the fusion
+  below);
 * the 50→200→200 decoder layers with their tanh: 18%; the threefry normals: 6%. The whole step
   costs the sum of these pieces.
 * Rejected: the ``rbg`` PRNG (3.7× slower normals on a CPU, the step 25% slower); the
@@ -39,16 +40,25 @@ deleted once its findings were written here):
   silent default).
 * Chunk size: the cost per sample is flat from 400 to 8,000 rows per step (7.4–7.6 core-µs) and
   worse at 16,000 (8.8), while memory grows with the rows (3 MB at 400, 54 MB at 8,000): hence
-  the 4096-row default (≈ 26 MB).
+  the 4096-row default (≈ 26 MB then, 50 MB with the fused Bernoulli sum).
 * A host loop over one jitted batch and the one program give bitwise the same estimates at the
   same speed.
 * Rejected: the batches dealt over the 2 cores as 2 JAX devices (``jax.shard_map``, combined
   once at the end), which trains seeds 1.4× faster (``benchmarks/seeds.py``): 0.93–1.03× one
   device on 500 images, since a 4,000-row step is matmul-bound and one device's matmuls already
   keep both cores busy.
-* What the 1.5× goal asks: the output dot and the Bernoulli log-prob, 76% of a step, are at the
-  roofline and fused already; 1.5× PyTorch's 236 s is 157 s, 76% of jvae's 206 s
-  (BENCHMARKS.md), i.e. the 50→200→200 layers and the normals would have to cost nothing.
+* Kept: the Bernoulli log-prob summed in one fused pass (``numerics.bernoulli_log_prob_sum``,
+  used by every Bernoulli likelihood): softplus(l) = max(l, 0) + log(1 + e^{−|l|}), with one
+  ``log`` per block of 56 pixels of the product of the (1 + e^{−|l|}) ∈ (1, 2] instead of a
+  ``log1p`` per pixel. Alone, on 3,900 × 784 logits: 4.8–5.9 → 2.4 ms. This benchmark
+  (``--quick``) side by side with the elementwise form, at 2f661ae and on its branch: jvae 221.5 s
+  against 171.5 and 174.5 s (1.27–1.29×), torch 217.6 s and 201.7–217.4 s in the same runs; the
+  step's extra memory went from 26 to 50 MB at 4,096 rows, still flat in K. Training steps/s
+  were within the noise (``throughput.py --quick``, twice each: 435 and 446 against 465 and 457).
+* What the 1.5× goal asked before that fusion: the output dot and the Bernoulli log-prob, 76%
+  of a step, were at the roofline and fused already; 1.5× PyTorch's 236 s is 157 s, 76% of
+  jvae's 206 s (BENCHMARKS.md then), i.e. the 50→200→200 layers and the normals would have to
+  cost nothing.
 
     JVAE_DATA_DIR=/path/to/data python -m benchmarks.evaluation [--quick] [--num-samples K]
         [--images N] [--batch-size B] [--chunk-size C] [--no-torch] [--out FILE.json]

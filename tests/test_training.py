@@ -606,6 +606,7 @@ def test_interleaved_seeds_equal_mapped_seeds():
       np.testing.assert_array_equal(r[name], r_ref[name], err_msg=name)
 
 
+@pytest.mark.xla_defaults  # bitwise across two compiled programs
 @pytest.mark.parametrize("jit", [False, True])
 def test_interleaved_epoch_is_each_states_epoch(jit):
   """Trainer.interleaved_epoch of two states is each one's epoch, bitwise; a state whose steps

@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvae.bounds.numerics import bernoulli_log_prob, check_number, softplus_scale
+from jvae.bounds.numerics import (bernoulli_log_prob, bernoulli_log_prob_sum, check_number,
+                                  softplus_scale)
 
 Array = jax.Array
 
@@ -32,9 +33,22 @@ class StableBernoulli(distrax.Bernoulli):
     return bernoulli_log_prob(self.logits, jnp.asarray(value, self.logits.dtype))
 
 
+class IndependentBernoulli(distrax.Independent):
+  """``distrax.Independent`` of a :class:`StableBernoulli` whose ``log_prob`` sums in one fused
+  pass (:func:`jvae.bounds.numerics.bernoulli_log_prob_sum`: an ``exp`` per pixel and a ``log``
+  per 64 pixels, the closed-form gradient); equal to the elementwise sum to float32 round-off."""
+
+  def log_prob(self, value: Array) -> Array:
+    if self.reinterpreted_batch_ndims == 0:
+      return self.distribution.log_prob(value)
+    logits = self.distribution.logits
+    return bernoulli_log_prob_sum(logits, jnp.asarray(value, logits.dtype),
+                                  event_ndims=self.reinterpreted_batch_ndims)
+
+
 def bernoulli(logits: Array, event_ndims: int = 1) -> distrax.Distribution:
   """Independent Bernoulli over the trailing ``event_ndims`` axes of ``logits``."""
-  return distrax.Independent(StableBernoulli(logits=logits), event_ndims)
+  return IndependentBernoulli(StableBernoulli(logits=logits), event_ndims)
 
 
 class BernoulliLikelihood(nn.Module):
