@@ -36,7 +36,8 @@ class StableBernoulli(distrax.Bernoulli):
 class IndependentBernoulli(distrax.Independent):
   """``distrax.Independent`` of a :class:`StableBernoulli` whose ``log_prob`` sums in one fused
   pass (:func:`jvae.bounds.numerics.bernoulli_log_prob_sum`: an ``exp`` per pixel and a ``log``
-  per 64 pixels, the closed-form gradient); equal to the elementwise sum to float32 round-off."""
+  per block of at most 64 pixels, the closed-form gradient); equal to the elementwise sum to
+  float32 round-off."""
 
   def log_prob(self, value: Array) -> Array:
     if self.reinterpreted_batch_ndims == 0:

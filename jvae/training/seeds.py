@@ -56,16 +56,12 @@ def seed_keys(seed: int, num_seeds: int) -> Array:
 # The initialising program runs once, and is mostly unrolled threefry: on a CPU, LLVM's
 # optimisations of it cost seconds of compile time that running it never repays (measured on the
 # 2-core CPU, 5 seeds: the CLI's mlp 2.4 s → 0.5 s, lvae 4.8 s → 1.3 s). The parameters then
-# differ from an optimised program's by at most an ulp or so (max relative 3.1e-7), the same for
-# every number of seeds.
+# differ from an optimised program's by at most an ulp or so (max relative 3.1e-7 there).
 _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def fit_init(model, trainer: Trainer, keys: Array, x_example: Array) -> FitState:
-  """Initialise N seeds from ``keys`` of shape ``(N,)``: each is split into init/train/eval keys.
-
-  Seed i's state depends on ``keys[i]`` only: the same key gives the same state whatever N is.
-  """
+  """Initialise N seeds from ``keys`` of shape ``(N,)``: each is split into init/train/eval keys."""
   if keys.ndim != 1:
     raise ValueError(f"keys must have shape (num_seeds,), got {keys.shape}")
 
