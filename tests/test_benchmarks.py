@@ -140,11 +140,14 @@ def test_scripts_run_with_tiny_options(tmp_path, capsys):
   assert set(rec["extra_memory_bytes"]) == {"10", "500", "5000", "50000"}
   assert {g["name"] for g in rec["goals"]} >= {"cpu_seconds", "extra_memory_mb"}
   out = tmp_path / "peers.json"
-  assert peers.main(["--impls", "jvae", "matmul_floor", "--steps", "2", "--rounds", "1",
-                     "--out", str(out)]) == 0
+  assert peers.main(["--impls", "jvae", "jvae_sub_batches", "matmul_floor", "--steps", "2",
+                     "--rounds", "1", "--out", str(out)]) == 0
   rec = json.loads(out.read_text())
-  assert [r["impl"] for r in rec["rows"]] == ["jvae", "matmul_floor"]
+  assert [r["impl"] for r in rec["rows"]] == ["jvae", "jvae_sub_batches", "matmul_floor"]
   assert rec["ratios"]["jvae_vs_matmul_floor"] > 0
+  assert rec["ratios"]["jvae_sub_batches_vs_matmul_floor"] > 0
+  assert {g["name"] for g in rec["goals"]} >= {"jvae_vs_matmul_floor",
+                                               "jvae_sub_batches_vs_fastest_jax_peer"}
   out = tmp_path / "precision.json"
   assert precision.main(["--steps", "2", "--rounds", "1", "--warmup", "0", "--eval-samples",
                          "4", "--eval-images", "10", "--out", str(out)]) == 0

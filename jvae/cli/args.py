@@ -161,6 +161,11 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
                "bfloat16/float16 operands with float32 accumulation, forward and backward "
                "(jvae.mixed_precision); parameters, optimizer state and every reported bound "
                "(validation, test, jvae eval) stay float32"),
+      add("--sub-batches", type=_positive_int, default=1, metavar="S",
+          help="compute each batch's bound as S independent sub-batches side by side "
+               "(jvae.trainer(sub_batches=S)): the same estimator with another random stream; "
+               "on a CPU XLA can run their matmuls on different cores (2 on 2 cores); keep 1 "
+               "on a GPU. Must divide --batch-size"),
       add("--epochs", type=_nonneg_int, default=None,
           help=f"number of epochs (default {DEFAULT_EPOCHS}); with --resume, a new total"),
       add("--batch-size", type=_positive_int, default=100),
@@ -360,6 +365,12 @@ def _option_problems(o: dict, given: set[str]) -> list[str]:
   if devices and o["parallel"] == "data" and o["batch_size"] % devices:
     out.append(f"--parallel data needs --batch-size ({o['batch_size']}) to be a multiple of "
                f"--devices ({devices})")
+  sub = o["sub_batches"]
+  if o["batch_size"] % sub:
+    out.append(f"--sub-batches {sub} must divide --batch-size ({o['batch_size']})")
+  if sub > 1 and devices and o["parallel"] == "data":
+    out.append(f"--sub-batches {sub} and --parallel data exclude each other: the devices "
+               "already split each batch")
   return out
 
 

@@ -57,6 +57,7 @@ CONFIG_KEYS = ("data", "valid_size", "likelihood", "model", "hidden", "latent_di
                "posterior", "iaf_steps", "bound",
                "num_samples", "groups", "alpha", "elbo_weight", "kl", "estimator",
                "warmup_steps", "beta", "free_bits", "free_bits_groups", "matmul_precision",
+               "sub_batches",
                "epochs", "batch_size",
                "lr", "optimizer", "adam_eps", "lr_stages",
                "patience", "seed", "seeds", "devices", "parallel",
@@ -106,10 +107,14 @@ class Run:
     sharding = None
     if mesh is not None and cfg["parallel"] == "data":
       sharding = _parallel.batch_sharding(mesh)
-    self.trainer = jvae.trainer(self.objective, _optimizer(cfg, size(self.data.train)),
-                                batch_size=cfg["batch_size"],
-                                warmup_steps=cfg["warmup_steps"], beta=cfg["beta"],
-                                batch_sharding=sharding)
+    try:
+      self.trainer = jvae.trainer(self.objective, _optimizer(cfg, size(self.data.train)),
+                                  batch_size=cfg["batch_size"],
+                                  warmup_steps=cfg["warmup_steps"], beta=cfg["beta"],
+                                  batch_sharding=sharding, sub_batches=cfg["sub_batches"])
+    except ValueError as err:
+      raise UsageError(f"--sub-batches {cfg['sub_batches']}: {err}"
+                       if "sub_batches" in str(err) else str(err)) from err
     x0 = jax.tree_util.tree_map(jnp.asarray, take(self.data.train, slice(0, 2)))
     self.init_state = jvae.fit_init(self.model, self.trainer,
                                     jvae.seed_keys(cfg["seed"], cfg["seeds"]), x0)

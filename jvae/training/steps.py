@@ -149,7 +149,8 @@ def _unbatched_or_vmapped(unbatched: Callable, vmapped: Callable) -> Callable:
 def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, batch_size: int,
             warmup_steps: int = 0, beta: float = 1.0,
             temperature: float | Callable[[Array], Array] | None = None,
-            batch_sharding: jax.sharding.Sharding | None = None) -> Trainer:
+            batch_sharding: jax.sharding.Sharding | None = None,
+            sub_batches: int = 1) -> Trainer:
   """Build pure ``init``/``step``/``epoch`` functions that maximise ``objective``.
 
   The loss is ``-mean(objective(params, key, x, beta=β(step)))``. An objective with its own
@@ -182,12 +183,26 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
       2017), passed to the objective as ``temperature=``; None leaves the model's own.
     batch_sharding: optional sharding of each batch over a device mesh (data parallelism); the
       gradient reduction across devices is then done by XLA.
+    sub_batches: S ≥ 1 (static): each batch's bound is computed as S independent sub-batches of
+      ``batch / S`` rows side by side in the step, sub-batch i with its own key
+      ``fold_in(step_key, i)``. The loss is the same mean over the batch and its gradient the
+      same estimator (every example still gets its own independent noise); only the random
+      stream differs from S = 1. The sub-batches' matmul chains are independent, so XLA:CPU's
+      concurrent executor can run them on different cores at once: ``benchmarks/peers.py``
+      measures S = 2 on 2 cores (its ``jvae_sub_batches`` row). On a GPU keep 1. S must
+      divide the batch; a stateful objective (its state is a statistic of the whole batch) and
+      ``batch_sharding`` (the devices already split the batch) are refused.
+
+  Raises:
+    ValueError: an invalid ``batch_size``, ``beta``, ``temperature`` or ``sub_batches``.
   """
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
   check_beta(beta)
   schedule = linear_warmup(warmup_steps, beta_max=beta)
   stateful = callable(getattr(objective, "with_state", None))
+  _check_sub_batches(sub_batches, batch_size, stateful=stateful,
+                     sharded=batch_sharding is not None)
   if temperature is not None and not callable(temperature):
     check_number(temperature, "trainer temperature", minimum=0.0, strict=True)
 
@@ -216,7 +231,8 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
         values, new = objective.with_state(params, sub, x, state.objective_state, beta=b,
                                            **kwargs)
         return -jnp.mean(values), new
-      return -jnp.mean(objective(params, sub, x, beta=b, **kwargs)), None
+      return -jnp.mean(_sub_batched(objective, sub_batches)(params, sub, x, beta=b,
+                                                            **kwargs)), None
 
     (loss, objective_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     ok = _finite_step(loss, grads)
@@ -298,6 +314,40 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
                                 functools.partial(run_epoch, guard="vmapped"))
 
   return Trainer(init, step, epoch, interleaved_epoch)
+
+
+def _check_sub_batches(sub_batches, batch_size: int, *, stateful: bool, sharded: bool) -> None:
+  if isinstance(sub_batches, bool) or not isinstance(sub_batches, int) or sub_batches < 1:
+    raise ValueError(f"sub_batches must be an integer >= 1, got {sub_batches!r}")
+  if sub_batches == 1:
+    return
+  if batch_size % sub_batches:
+    raise ValueError(f"sub_batches={sub_batches} must divide batch_size={batch_size}")
+  if stateful:
+    raise ValueError("sub_batches > 1 needs a stateless objective: this one keeps a state "
+                     "(e.g. a moving-average baseline) computed from the whole batch")
+  if sharded:
+    raise ValueError("sub_batches > 1 and batch_sharding exclude each other: with a sharded "
+                     "batch the devices already split it")
+
+
+def _sub_batched(objective: Callable, sub_batches: int) -> Callable:
+  """``objective`` over a batch as ``sub_batches`` independent sub-batches (see :func:`trainer`);
+  values ``(batch, ...)`` in the batch's row order."""
+  if sub_batches == 1:
+    return objective
+
+  def values(params, key, batch, **kwargs):
+    n = data_of(batch).shape[0]
+    if n % sub_batches:
+      raise ValueError(f"a batch of {n} rows does not split into sub_batches={sub_batches}")
+    m = n // sub_batches
+    parts = [jax.tree_util.tree_map(lambda a, i=i: a[i * m:(i + 1) * m], batch)
+             for i in range(sub_batches)]
+    return jnp.concatenate([objective(params, jax.random.fold_in(key, i), part, **kwargs)
+                            for i, part in enumerate(parts)])
+
+  return values
 
 
 def _as_float(batch):
