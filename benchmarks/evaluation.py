@@ -55,6 +55,13 @@ deleted once its findings were written here):
   against 171.5 and 174.5 s (1.27–1.29×), torch 217.6 s and 201.7–217.4 s in the same runs; the
   step's extra memory went from 26 to 50 MB at 4,096 rows, still flat in K. Training steps/s
   were within the noise (``throughput.py --quick``, twice each: 435 and 446 against 465 and 457).
+* Rejected: a block's sum and product in one variadic ``lax.reduce`` (a single pass over the
+  logits). Alone, on a 4,000 × 200 → 784 decoder output plus the sum, 17–19 against 28–36 ms;
+  but in this benchmark (``--quick``, alternating with the kept form at 4bebf65) 280 and 296 s
+  against 214 and 228 s: XLA:CPU runs that reduce as one single-threaded loop (7.3 ms per
+  chunk, the profile's largest thunk), where the kept form's sum becomes a YNNPACK
+  matrix-vector product and its product a windowed reduction, 4.1 thread-ms per chunk spread
+  over both cores.
 * What the 1.5× goal asked before that fusion: the output dot and the Bernoulli log-prob, 76%
   of a step, were at the roofline and fused already; 1.5× PyTorch's 236 s is 157 s, 76% of
   jvae's 206 s (BENCHMARKS.md then), i.e. the 50→200→200 layers and the normals would have to
