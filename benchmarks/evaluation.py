@@ -62,6 +62,12 @@ deleted once its findings were written here):
   chunk, the profile's largest thunk), where the kept form's sum becomes a YNNPACK
   matrix-vector product and its product a windowed reduction, 4.1 thread-ms per chunk spread
   over both cores.
+* Rejected, at 4bebf65 (200 images, K = 5000, medians of 5 alternating rounds): more
+  independent work per step for XLA's concurrent executor, which sped training up
+  (``jvae.trainer(sub_batches=2)``): two batches side by side per loop step 4.92 against 5.03 s;
+  each chunk's decoder pass split in 2 or 4 sample groups 4.81 and 4.69 against 4.87 s; the
+  chunk scan unrolled by 2 4.41 against 4.33 s (all bitwise the same estimates). The cores stay
+  ~1.75 busy in every form: the 4,000-row dots already use both.
 * What the 1.5× goal asked before that fusion: the output dot and the Bernoulli log-prob, 76%
   of a step, were at the roofline and fused already; 1.5× PyTorch's 236 s is 157 s, 76% of
   jvae's 206 s (BENCHMARKS.md then), i.e. the 50→200→200 layers and the normals would have to
