@@ -60,12 +60,13 @@ executor itself (+11 ms, one more nested executor for the guard's cond); its fus
 saves 11 ms. Adam is three loop fusions per leaf in both, ~100 thread-ms; a single fusion over
 the stacked (params, μ, ν) was slower alone (160–200 against 110–120 µs per 784×200 leaf). Folding
 the Bernoulli support check into the sum (NaN per entry instead of an ``all`` per row) read 374
-against 376 steps/s; not kept. What separates the runs is how busy the two cores are: jvae and
-NumPyro use 1.63 of them (``cpu_per_wall``). Splitting each batch into independent sub-batches,
-whose matmul chains XLA's concurrent executor runs on both cores at once, raises that to 1.79:
-``sub_batches=2`` read 1.09×, 1.06× and 1.13× jvae's default in three runs at 8dcfff1 (387
-against 354, 421 against 396, 392 against 347 steps/s), 4 sub-batches less (376 against 354).
-It changes the random stream, so it is an option (``jvae_sub_batches``), not the default.
+against 376 steps/s; not kept. What limits both is how busy the two cores are: 1.63 of them
+(``cpu_per_wall``). Splitting each batch into independent sub-batches, whose matmul chains XLA's
+concurrent executor runs on both cores at once, raises that to 1.76–1.79: ``sub_batches=2`` read
+1.09×, 1.06× and 1.13× jvae's default in three runs at 8dcfff1 (387 against 354, 421 against
+396, 392 against 347 steps/s), then 1.04× in the quick suite at 4bebf65 and 1.02× in a 15-round
+run of 200-step epochs; 4 sub-batches read 1.06× in the run where 2 read 1.09× (376 against
+354). It changes the random stream, so it is an option (``jvae_sub_batches``), not the default.
 
     JVAE_DATA_DIR=/path/to/data python -m benchmarks.peers [--quick] [--steps S] [--rounds R]
         [--impls jvae flax_optax ...] [--out FILE.json]

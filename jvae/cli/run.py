@@ -112,9 +112,8 @@ class Run:
                                   batch_size=cfg["batch_size"],
                                   warmup_steps=cfg["warmup_steps"], beta=cfg["beta"],
                                   batch_sharding=sharding, sub_batches=cfg["sub_batches"])
-    except ValueError as err:
-      raise UsageError(f"--sub-batches {cfg['sub_batches']}: {err}"
-                       if "sub_batches" in str(err) else str(err)) from err
+    except ValueError as err:  # options the parse-time checks let through (an edited config)
+      raise UsageError(str(err)) from err
     x0 = jax.tree_util.tree_map(jnp.asarray, take(self.data.train, slice(0, 2)))
     self.init_state = jvae.fit_init(self.model, self.trainer,
                                     jvae.seed_keys(cfg["seed"], cfg["seeds"]), x0)
