@@ -45,7 +45,9 @@ Findings (2-core x86-64 CPU, jax 0.10.2, 200-step epochs, medians of 7–11 alte
 the one-off scripts were deleted): XLA:CPU runs the dots through YNNPACK already
 (``__ynn_fusion``). Per-executable compiler options (``.compile(compiler_options=…)``) gave
 nothing to keep: ``xla_cpu_prefer_vector_width=512`` and ``xla_cpu_opt_preset`` FAST_RUNTIME
-within ±5% noise for jvae and NumPyro alike; YNNPACK elementwise fusion
+within ±5% noise for jvae and NumPyro alike, and so (at 7782caf) ``xla_cpu_scheduler_type``
+CONCURRENCY_OPTIMIZED (287.5 against 281.0 steps/s; 306.5 against 302.4 with ``sub_batches=2``),
+MEMORY_OPTIMIZED and the concurrency-optimised scheduler turned off; YNNPACK elementwise fusion
 (``xla_cpu_experimental_ynn_fusion_type`` DOT,ELTWISE) 0.75×; oneDNN dot fusion ran but trained
 to a wrong bound (−206 against −124.7 after 200 steps). The guard as in the vmapped epoch (the
 scan unguarded, redone with the guard only when a step was not finite) measured the same as the
