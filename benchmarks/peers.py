@@ -71,17 +71,18 @@ run of 200-step epochs; 4 sub-batches read 1.06× in the run where 2 read 1.09×
 354). It changes the random stream, so it is an option (``jvae_sub_batches``), not the default.
 
 Rejected at 5a54fbd (``--quick``, 5–7 alternating rounds on a quiet machine, load ≤ 1.3): XLA's
-dots single-threaded (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``), leaving the two cores
-to the concurrent executor: jvae 378.9 against 434.9 steps/s, ``sub_batches=2`` 397.6 against
-473.8, the matmul floor 478.5 against 557.3 (NumPyro 408.8 against 436.8), so YNNPACK's own
-threading of the batch-100 dots is worth keeping. The guard as an elementwise select of the
-update (``where(ok, new, old)`` fused into Adam's loops, no ``lax.cond`` and its nested
-executor): 393.6 steps/s against 419.3 with the cond in the next run, NumPyro 393.0 and 429.9
-alongside (0.98–1.00× NumPyro either way; ``sub_batches=2`` 362.3 against 449.0); not kept.
+dots single-threaded (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``), leaving the two cores to
+the concurrent executor: jvae 378.9 against 434.9 steps/s, ``sub_batches=2`` 397.6 against 473.8,
+the matmul floor 478.5 against 557.3 (NumPyro 408.8 against 436.8), so YNNPACK's own threading of
+the batch-100 dots is worth keeping. The guard as an elementwise select of the update (``where(ok,
+new, old)`` fused into Adam's loops, no ``lax.cond`` and its nested executor; a temporary edit of
+``guarded_step``'s unbatched branch, reverted): 393.6 steps/s against 419.3 with the cond in the
+next run, NumPyro 393.0 and 429.9 alongside (0.98–1.00× NumPyro either way; ``sub_batches=2`` 362.3
+against 449.0); not kept.
 Where it stands at 5fdc0b5 (200-step epochs, 11 alternating rounds, load ≈ 1.9): jvae 374.6,
-``sub_batches=2`` 422.9, NumPyro meanfield 390.1 and ``Trace_ELBO`` 377.7, hand-written Flax
-349.4, the floor 483.2 steps/s: the default at 0.96× the fastest JAX peer, ``sub_batches=2`` at
-1.08× (0.875 of the floor).
+``sub_batches=2`` 422.9, NumPyro meanfield 390.1 and ``Trace_ELBO`` 377.7, hand-written Flax 349.4,
+the floor 483.2 steps/s: the default at 0.96× the fastest JAX peer, ``sub_batches=2`` at 1.08×
+(0.875 of the floor).
 
     JVAE_DATA_DIR=/path/to/data python -m benchmarks.peers [--quick] [--steps S] [--rounds R]
         [--impls jvae flax_optax ...] [--out FILE.json]
