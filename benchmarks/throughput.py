@@ -123,10 +123,10 @@ def hand_setup(data, key):
 # --------------------------------------------------------------------------------------------
 
 
-def jvae_setup(data, key, *, sub_batches: int = 1):
+def jvae_setup(data, key, *, sub_batches: int = 1, unroll: int = 1):
   model = jvae.burda2015(event_shape=(data.shape[1],))
   tr = jvae.trainer(jvae.elbo(model), optax.adam(LEARNING_RATE), batch_size=BATCH_SIZE,
-                    sub_batches=sub_batches)
+                    sub_batches=sub_batches, unroll=unroll)
   init_key, train_key = jax.random.split(key)
   params = model.init(init_key, data[:BATCH_SIZE])
   return tr.epoch, tr.init(params, train_key)

@@ -72,7 +72,7 @@ DEFAULT_VAMP_COMPONENTS = 50
 MATMUL_PRECISIONS = ("float32", "bfloat16", "float16")
 DEFAULT_PRIOR_COMPONENTS = 10
 # Options a resumed run may change; every other option must agree with the saved run.
-RESUME_MAY_CHANGE = ("epochs", "patience", "eval_samples", "seed_chunk", "no_progress")
+RESUME_MAY_CHANGE = ("epochs", "patience", "eval_samples", "seed_chunk", "unroll", "no_progress")
 
 
 def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -166,6 +166,10 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
                "(jvae.trainer(sub_batches=S)): the same estimator with another random stream; "
                "on a CPU XLA can run their matmuls on different cores (2 on 2 cores); keep 1 "
                "on a GPU. Must divide --batch-size"),
+      add("--unroll", type=_positive_int, default=1, metavar="U",
+          help="training steps per iteration of the epoch's scan (jvae.trainer(unroll=U)): the "
+               "same steps, the same result up to float rounding, a longer compile; on a "
+               "2-core CPU U=2 with --sub-batches 2 trains fastest; may change with --resume"),
       add("--epochs", type=_nonneg_int, default=None,
           help=f"number of epochs (default {DEFAULT_EPOCHS}); with --resume, a new total"),
       add("--batch-size", type=_positive_int, default=100),
@@ -195,7 +199,7 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
           help="run directory (default runs/<date-time>, made unique)"),
       add("--resume", type=pathlib.Path, default=None, metavar="RUN_DIR",
           help="continue RUN_DIR from its last complete checkpoint; only --epochs, --patience, "
-               "--eval-samples, --seed-chunk and --no-progress may be given with it"),
+               "--eval-samples, --seed-chunk, --unroll and --no-progress may be given with it"),
       add("--no-progress", action="store_true"),
   ]
 

@@ -57,7 +57,7 @@ CONFIG_KEYS = ("data", "valid_size", "likelihood", "model", "hidden", "latent_di
                "posterior", "iaf_steps", "bound",
                "num_samples", "groups", "alpha", "elbo_weight", "kl", "estimator",
                "warmup_steps", "beta", "free_bits", "free_bits_groups", "matmul_precision",
-               "sub_batches",
+               "sub_batches", "unroll",
                "epochs", "batch_size",
                "lr", "optimizer", "adam_eps", "lr_stages",
                "patience", "seed", "seeds", "devices", "parallel",
@@ -111,7 +111,8 @@ class Run:
       self.trainer = jvae.trainer(self.objective, _optimizer(cfg, size(self.data.train)),
                                   batch_size=cfg["batch_size"],
                                   warmup_steps=cfg["warmup_steps"], beta=cfg["beta"],
-                                  batch_sharding=sharding, sub_batches=cfg["sub_batches"])
+                                  batch_sharding=sharding, sub_batches=cfg["sub_batches"],
+                                  unroll=cfg["unroll"])
     except ValueError as err:  # options the parse-time checks let through (an edited config)
       raise UsageError(str(err)) from err
     x0 = jax.tree_util.tree_map(jnp.asarray, take(self.data.train, slice(0, 2)))

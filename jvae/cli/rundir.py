@@ -165,7 +165,7 @@ def resumed_config(saved: dict, args, given, config_keys) -> dict:
   if problems:
     raise UsageError(f"--resume {run_dir}: options contradict the saved run: "
                      + "; ".join(problems) + ". Give only --epochs, --patience, --eval-samples, "
-                     "--seed-chunk or --no-progress with --resume, or start a new run")
+                     "--seed-chunk, --unroll or --no-progress with --resume, or start a new run")
   cfg = dict(saved)
   for key in RESUME_MAY_CHANGE:
     if key in given and key in config_keys:

@@ -150,7 +150,7 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
             warmup_steps: int = 0, beta: float = 1.0,
             temperature: float | Callable[[Array], Array] | None = None,
             batch_sharding: jax.sharding.Sharding | None = None,
-            sub_batches: int = 1) -> Trainer:
+            sub_batches: int = 1, unroll: int = 1) -> Trainer:
   """Build pure ``init``/``step``/``epoch`` functions that maximise ``objective``.
 
   The loss is ``-mean(objective(params, key, x, beta=β(step)))``. An objective with its own
@@ -192,12 +192,22 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
       measures S = 2 on 2 cores (its ``jvae_sub_batches`` row). On a GPU keep 1. S must
       divide the batch; a stateful objective (its state is a statistic of the whole batch) and
       ``batch_sharding`` (the devices already split the batch) are refused.
+    unroll: U ≥ 1 (static): steps per iteration of the epoch's ``lax.scan`` (its ``unroll``).
+      The same steps in the same order, so the same result up to float32 rounding (XLA may
+      fuse the longer body's elementwise work in another order; ``tests/test_trainer_unroll.py``
+      checks it). With U steps in one loop body XLA can overlap the end of one step with the
+      start of the next, for a longer compile (the body is U steps). With ``sub_batches=2`` on
+      2 CPU cores U = 2 measured fastest (``benchmarks/peers.py``, its ``jvae_sub_batches``
+      row); with S = 1 it measured within the noise of U = 1.
 
   Raises:
-    ValueError: an invalid ``batch_size``, ``beta``, ``temperature`` or ``sub_batches``.
+    ValueError: an invalid ``batch_size``, ``beta``, ``temperature``, ``sub_batches`` or
+      ``unroll``.
   """
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+  if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+    raise ValueError(f"unroll must be an integer >= 1 (steps per scan iteration), got {unroll!r}")
   check_beta(beta)
   schedule = linear_warmup(warmup_steps, beta_max=beta)
   stateful = callable(getattr(objective, "with_state", None))
@@ -284,7 +294,7 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     def run(guard):
       def body(s, batch_idx):
         return guarded_step(s, _take(data, batch_idx), guard=guard)
-      return jax.lax.scan(body, start, idx)
+      return jax.lax.scan(body, start, idx, unroll=unroll)
 
     if guard == "vmapped":  # unguarded first, see the docstring above
       unguarded = run(None)
@@ -306,7 +316,7 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
              for s, i in zip(ss, batch_idx, strict=True)]
       return tuple(o[0] for o in out), tuple(o[1] for o in out)
 
-    ends, ms = jax.lax.scan(body, tuple(starts), tuple(idx))
+    ends, ms = jax.lax.scan(body, tuple(starts), tuple(idx), unroll=unroll)
     return tuple((end, epoch_metrics(start, end, m))
                  for start, end, m in zip(starts, ends, ms, strict=True))
 
