@@ -117,6 +117,27 @@ def test_report_renders_records_written_before_the_harness(tmp_path):
   assert "- goal: jvae_vs_torch ≥ 1.6: **missed** by 34% (1.05 against 1.6)" in text
 
 
+def test_a_section_without_a_record_keeps_its_previous_text(tmp_path):
+  """Records are not committed: re-rendering in a checkout that lacks a long run's record (a paper
+  table) carries that section over from the old report, its tagged variants included, while a
+  section with a record is rendered anew and one never recorded says how to make it."""
+  out = tmp_path / "B.md"
+  paper_a = ("## Published tables: Burda et al. (2015) (burda2015-short)\n\nScript: x. "
+             "jvae 0.1.0 @ abc123.\n\n| row | 88.72 |\n")
+  paper_b = "## Published tables: Burda et al. (2015) (burda2015-third)\n\n| row | 88.86 |\n"
+  out.write_text(f"# old\n\n## Training throughput: abstraction cost\n\nold figure 1.23\n\n"
+                 f"{paper_a}\n{paper_b}\n## Test log-likelihood on binarized MNIST\n\n"
+                 "No record yet: run it.\n")
+  rec = h.record("throughput", {"jvae_steps_per_s": 2.0, "hand_steps_per_s": 1.0, "ratio": 2.0})
+  h.emit(rec, tmp_path / "throughput.json")
+  text = _report.render(tmp_path, out).read_text()
+  assert paper_a in text and paper_b in text and text.index(paper_a) < text.index(paper_b)
+  assert "old figure 1.23" not in text and "Ratio jvae / hand-written: **2.000**" in text
+  assert "## Test log-likelihood on binarized MNIST\n\nNo record yet: run `python -m benchmarks" \
+      in text
+  assert _report.render(tmp_path, out).read_text() == text  # rendering again changes nothing
+
+
 def test_matmul_floor_has_the_dots_of_a_training_step():
   data = jnp.asarray(h.random_binary((300,))[0])
   floor = peers.Floor(data, jax.random.key(0))
