@@ -94,7 +94,10 @@ iteration read 1.10×. Without sub-batches unrolling read within the noise (0.97
 0.97× against 0.94×), and so did NumPyro's own scan unrolled by 2 (1.02× its default; a 4th run,
 where jvae with both options read 1.12×). The unrolled epoch matches the plain one up to float32
 rounding (bitwise for this model after two epochs), so ``jvae_sub_batches`` is measured with
-``unroll=2``.
+``unroll=2``; the quick suite at 9578a07 read it at 1.14× NumPyro meanfield and 0.92 of the floor
+(the default 0.99× and 0.80). jvae's seed program (4 seeds interleaved per scan body,
+``jvae.make_epoch_fn``) with the trainer unrolled by 2 read 479.9 against 478.4 seed-steps/s
+(9 rounds): its cores are busy already (``cpu_per_wall`` 1.86–1.88).
 
     JVAE_DATA_DIR=/path/to/data python -m benchmarks.peers [--quick] [--steps S] [--rounds R]
         [--impls jvae flax_optax ...] [--out FILE.json]
