@@ -126,10 +126,12 @@ MIN_SCALE = throughput.MIN_SCALE
 
 JAX_IMPLS = ("jvae", "jvae_sub_batches", "flax_optax", "numpyro_trace_elbo", "numpyro_meanfield")
 JVAE_IMPLS = ("jvae", "jvae_sub_batches")
+SUB_BATCH_OPTIONS = {"sub_batches": 2, "unroll": 2}  # the jvae_sub_batches row's trainer options
+_SUB_BATCH_LABEL = "jvae (" + ", ".join(f"{k}={v}" for k, v in SUB_BATCH_OPTIONS.items()) + ")"
 ALL_IMPLS = (*JAX_IMPLS, "torch_eager", "matmul_floor")
 GOALS = [h.Goal(f"{own}_vs_{what}", ">=", target, f"{label} / {peer} steps/s")
          for own, label in (("jvae", "jvae"),
-                            ("jvae_sub_batches", "jvae (sub_batches=2, unroll=2)"))
+                            ("jvae_sub_batches", _SUB_BATCH_LABEL))
          for what, target, peer in (("fastest_jax_peer", 1.1, "fastest JAX peer"),
                                     ("torch", 1.6, "PyTorch eager"),
                                     ("matmul_floor", 0.8, "matmul floor"))]
@@ -460,7 +462,7 @@ def build(name: str, data, train_np: np.ndarray, key, args):
   if name == "jvae":
     return setup_jvae(data, key)
   if name == "jvae_sub_batches":
-    return setup_jvae(data, key, sub_batches=2, unroll=2)
+    return setup_jvae(data, key, **SUB_BATCH_OPTIONS)
   if name == "flax_optax":
     return setup_flax_optax(data, key)
   if name in ("numpyro_trace_elbo", "numpyro_meanfield"):
