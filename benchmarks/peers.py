@@ -85,19 +85,19 @@ Where it stands at 5fdc0b5 (200-step epochs, 11 alternating rounds, load ≈ 1.9
 ``sub_batches=2`` 422.9, NumPyro meanfield 390.1 and ``Trace_ELBO`` 377.7, hand-written Flax 349.4,
 the floor 483.2 steps/s: the default at 0.96× the fastest JAX peer, ``sub_batches=2`` at 1.08×
 (0.875 of the floor).
-Unrolled epochs, at 4d5a81b (one process, 100-step epochs, 11–15 alternating rounds, load ≤ 1.4;
-the ``trainer``'s scan unrolled by a temporary edit, now its ``unroll`` option): with
-``sub_batches=2``, two steps per scan iteration read 1.15×, 1.13× and 1.15× NumPyro meanfield in
-three runs, where one step per iteration read 1.08×, 1.09× and 1.05× in the same runs, and 0.90
-and 0.92 of the floor; ``cpu_per_wall`` rose from 1.76–1.79 to 1.84–1.87. Four steps per
-iteration read 1.10×. Without sub-batches unrolling read within the noise (0.97× against 0.99×,
-0.97× against 0.94×), and so did NumPyro's own scan unrolled by 2 (1.02× its default; a 4th run,
-where jvae with both options read 1.12×). The unrolled epoch matches the plain one up to float32
-rounding (bitwise for this model after two epochs), so ``jvae_sub_batches`` is measured with
-``unroll=2``; the quick suite at 9578a07 read it at 1.14× NumPyro meanfield and 0.92 of the floor
-(the default 0.99× and 0.80). jvae's seed program (4 seeds interleaved per scan body,
-``jvae.make_epoch_fn``) with the trainer unrolled by 2 read 479.9 against 478.4 seed-steps/s
-(9 rounds): its cores are busy already (``cpu_per_wall`` 1.86–1.88).
+Unrolled epochs, at 4d5a81b (one process, 100-step epochs, 11–15 alternating rounds, load ≤ 1.4; the
+``trainer``'s scan unrolled by a temporary edit, now its ``unroll`` option): with ``sub_batches=2``,
+two steps per scan iteration read 1.15×, 1.13× and 1.15× NumPyro meanfield in three runs, where one
+step per iteration read 1.08×, 1.09× and 1.05× in the same runs, and 0.90 and 0.92 of the floor;
+``cpu_per_wall`` rose from 1.76–1.79 to 1.84–1.87. Four steps per iteration read 1.10×, three 1.136×
+against two's 1.139× (at f87ccd4, 11 rounds). Without sub-batches unrolling read within the noise
+(0.97× against 0.99×, 0.97× against 0.94×), and so did NumPyro's own scan unrolled by 2 (1.02× its
+default; a 4th run, where jvae with both options read 1.12×). The unrolled epoch matches the plain
+one up to float32 rounding (bitwise for this model after two epochs), so ``jvae_sub_batches`` is
+measured with ``unroll=2``; the quick suite at 9578a07 read it at 1.14× NumPyro meanfield and 0.92
+of the floor (the default 0.99× and 0.80). jvae's seed program (4 seeds interleaved per scan body,
+``jvae.make_epoch_fn``) with the trainer unrolled by 2 read 479.9 against 478.4 seed-steps/s (9
+rounds): its cores are busy already (``cpu_per_wall`` 1.86–1.88).
 
     JVAE_DATA_DIR=/path/to/data python -m benchmarks.peers [--quick] [--steps S] [--rounds R]
         [--impls jvae flax_optax ...] [--out FILE.json]
