@@ -195,10 +195,9 @@ def trainer(objective: Callable, optimizer: optax.GradientTransformation, *, bat
     unroll: U ≥ 1 (static): steps per iteration of the epoch's ``lax.scan`` (its ``unroll``).
       The same steps in the same order, so the same result up to float32 rounding (XLA may
       fuse the longer body's elementwise work in another order; ``tests/test_trainer_unroll.py``
-      checks it). With U steps in one loop body XLA can overlap the end of one step with the
-      start of the next, for a longer compile (the body is U steps). With ``sub_batches=2`` on
-      2 CPU cores U = 2 measured fastest (``benchmarks/peers.py``, its ``jvae_sub_batches``
-      row); with S = 1 it measured within the noise of U = 1.
+      checks it), for a longer compile (the body is U steps). With ``sub_batches=2`` on 2 CPU
+      cores U = 2 kept the cores busier and measured fastest (``benchmarks/peers.py``, its
+      ``jvae_sub_batches`` row); with S = 1 it measured within the noise of U = 1.
 
   Raises:
     ValueError: an invalid ``batch_size``, ``beta``, ``temperature``, ``sub_batches`` or
