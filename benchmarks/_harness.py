@@ -229,9 +229,14 @@ def _git_commit() -> str | None:
   """HEAD of the repository, with ``+dirty`` when tracked files changed; None if unknown.
 
   The suite's own outputs (``benchmarks/results/``, which holds the committed plots, and
-  ``BENCHMARKS.md``) do not count: a suite run rewrites them as it goes.
+  ``BENCHMARKS.md``) do not count: a suite run rewrites them as it goes. A copy of the tree
+  without its ``.git`` (a lent accelerator's) gives the commit in ``JVAE_GIT_COMMIT``, which
+  ``benchmarks/device.sh prepare`` records from the checkout it copies.
   """
   root = pathlib.Path(__file__).resolve().parent.parent
+  given = os.environ.get("JVAE_GIT_COMMIT", "").strip()
+  if given:
+    return given
   try:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                           text=True, timeout=10, check=True).stdout.strip()
@@ -242,6 +247,36 @@ def _git_commit() -> str | None:
   except (OSError, subprocess.SubprocessError):
     return None
   return head + ("+dirty" if dirty else "")
+
+
+def torch_device() -> str | None:
+  """Where PyTorch runs beside JAX's backend: the CPU with a CPU, CUDA with a GPU; None when
+  torch does not import or has no CUDA beside a GPU (the comparison would not be like with
+  like)."""
+  import jax
+
+  try:
+    import torch
+  except ImportError:
+    return None
+  if jax.default_backend() == "cpu":
+    return "cpu"
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else None
+
+
+def torch_matmul_like_jax(device: str) -> str:
+  """Set PyTorch's float32 matmul precision to JAX's default on ``device`` and return it.
+
+  On CUDA, JAX's default float32 matmul may use TF32 (recent NVIDIA GPUs) while PyTorch's is
+  full float32 unless asked: the PyTorch side gets ``"high"`` (TF32 allowed) so that neither
+  side is timed at a precision the other does not use; if JAX's default there is full float32
+  this favours PyTorch, not jvae. On the CPU both are float32 (``"highest"``, left as is).
+  """
+  import torch
+
+  if device == "cuda":
+    torch.set_float32_matmul_precision("high")
+  return torch.get_float32_matmul_precision()
 
 
 def usable_cores() -> int:

@@ -128,12 +128,19 @@ def peers(rec):
     lines += ["", "`matmul_floor` is not a trainer: the model's 20 dots of a training step alone "
               "(same shapes, no elementwise work), scanned over the same steps: the floor that "
               "the matmuls set."]
-  goals = rec.get("goals") if isinstance(rec.get("goals"), list) else []
-  label = next((g["text"].split(" / ")[0] for g in goals  # e.g. "jvae (sub_batches=2)"
-                if g.get("name") == "jvae_sub_batches_vs_fastest_jax_peer"), "")
-  if label.startswith("jvae (") and label.endswith(")"):
-    lines += ["", f"`jvae_sub_batches` is `jvae.trainer(..., {label[len('jvae ('):-1]})`, the "
-              "same estimator with another random stream."]
+  options = rec.get("sub_batch_options")
+  if isinstance(options, dict) and options:
+    label = ", ".join(f"{k}={v}" for k, v in options.items())
+  else:  # a record from before the field: the goal label, e.g. "jvae (sub_batches=2)"
+    goals = rec.get("goals") if isinstance(rec.get("goals"), list) else []
+    label = next((g["text"].split(" / ")[0] for g in goals
+                  if g.get("name") == "jvae_sub_batches_vs_fastest_jax_peer"), "")
+    label = label[len("jvae ("):-1] if label.startswith("jvae (") and label.endswith(")") else ""
+  if label:
+    lines += ["", f"`jvae_sub_batches` is `jvae.trainer(..., {label})`, the same estimator "
+              "with another random stream."]
+  if rec.get("torch_device") not in (None, "cpu"):
+    lines += ["", f"PyTorch ran on `{rec['torch_device']}`."]
   lines.append("")
   for key, value in (rec.get("ratios") or {}).items():
     lines.append(f"- {key}: {_f(value, '{:.2f}')}")
@@ -431,7 +438,24 @@ def precision(rec):
       f"log p̂(x) of the bf16-trained parameters {_f(tl.get('bfloat16_trained'), '{:.2f}')} "
       f"against {_f(tl.get('float32_trained'), '{:.2f}')} "
       f"(Δ {_f(rec.get('train_effect'), '{:+.3f}')} nats, seed noise included).",
+      *_tf32(rec),
   ]
+
+
+def _tf32(rec) -> list[str]:
+  """The backend's default float32 matmuls against "highest" (precision.py's accelerator side)."""
+  if "tf32_eval_effect_mean" not in rec:
+    return []
+  rate, secs = rec.get("train_steps_per_s") or {}, rec.get("eval_seconds") or {}
+  return ["", f"float32 at the backend's default matmul precision (TF32 on recent NVIDIA GPUs) "
+          f"against `jax.default_matmul_precision(\"highest\")`: training "
+          f"{_f(rate.get('float32'))} against {_f(rate.get('float32_highest'))} steps/s, "
+          f"evaluation {_f(secs.get('float32'), '{:.2f}')} against "
+          f"{_f(secs.get('float32_highest'), '{:.2f}')} s; effect on the bound: evaluation mean "
+          f"{_f(rec.get('tf32_eval_effect_mean'), '{:+.4f}')} nats (mean |Δ| "
+          f"{_f(rec.get('tf32_eval_effect_mean_abs'), '{:.4f}')}, max |Δ| "
+          f"{_f(rec.get('tf32_eval_effect_max_abs'), '{:.3f}')}), training "
+          f"{_f(rec.get('tf32_train_effect'), '{:+.3f}')} nats."]
 
 
 def headline(rec):

@@ -18,8 +18,12 @@ implementations (``--impls``):
   numpyro_meanfield   the same with ``TraceMeanField_ELBO`` (analytic KL).
   torch_eager         PyTorch eager ``nn.Module``s, ``torch.optim.Adam``, BCE-with-logits + analytic
                       KL, a plain Python loop over batches (only when ``import torch`` works; the
-                      optional ``torch`` extra). Initialised with the weights of a Flax init so
-                      that every implementation starts from the same distribution of weights.
+                      optional ``torch`` extra), on the CPU beside JAX's CPU and on CUDA beside a
+                      GPU (``_harness.torch_device``; skipped when this torch has no CUDA),
+                      there with TF32 matmuls allowed like JAX's default float32
+                      (``_harness.torch_matmul_like_jax``).
+                      Initialised with the weights of a Flax init so that every implementation
+                      starts from the same distribution of weights.
   matmul_floor        not a trainer: the model's 20 dots alone (the 7 forward dots, 7 weight
                       gradients and 6 input gradients of one step, same shapes, batch 100) with no
                       elementwise work but summing the weight gradients, scanned over the same
@@ -410,8 +414,8 @@ def torch_vae(c: dict, *, threads: int | None = None, seed: int = 0):
 
 
 def torch_canonical(model) -> dict:
-  return {name: (getattr(model, name).weight.detach().numpy().T.copy(),
-                 getattr(model, name).bias.detach().numpy().copy()) for name in LAYERS}
+  return {name: (getattr(model, name).weight.detach().cpu().numpy().T.copy(),
+                 getattr(model, name).bias.detach().cpu().numpy().copy()) for name in LAYERS}
 
 
 class TorchImpl:
@@ -419,14 +423,17 @@ class TorchImpl:
 
   name = "torch_eager"
 
-  def __init__(self, data: np.ndarray, init: dict, seed: int, threads: int | None = None):
+  def __init__(self, data: np.ndarray, init: dict, seed: int, threads: int | None = None,
+               device: str = "cpu"):
     import torch
 
     self._torch = torch
-    self.model = torch_vae(init, threads=threads, seed=seed)
+    self.device = device
+    self.matmul_precision = h.torch_matmul_like_jax(device)
+    self.model = torch_vae(init, threads=threads, seed=seed).to(device)
     self.threads = torch.get_num_threads()
-    self._data = torch.from_numpy(np.ascontiguousarray(data, np.float32))
-    self._gen = torch.Generator().manual_seed(seed)
+    self._data = torch.from_numpy(np.ascontiguousarray(data, np.float32)).to(device)
+    self._gen = torch.Generator(device=device).manual_seed(seed)
     self._opt = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
     self.train_bound = float("nan")
 
@@ -437,15 +444,16 @@ class TorchImpl:
     torch = self._torch
     n = self._data.shape[0]
     steps = n // BATCH_SIZE
-    idx = torch.randperm(n, generator=self._gen)[: steps * BATCH_SIZE].view(steps, BATCH_SIZE)
-    total = torch.zeros(())
+    idx = torch.randperm(n, generator=self._gen, device=self.device)[: steps * BATCH_SIZE]
+    idx = idx.view(steps, BATCH_SIZE)
+    total = torch.zeros((), device=self.device)
     for i in range(steps):
       self._opt.zero_grad(set_to_none=True)
       loss = self.model.loss(self._data[idx[i]])
       loss.backward()
       self._opt.step()
       total += loss.detach()
-    self.train_bound = -float(total) / steps
+    self.train_bound = -float(total) / steps  # float() waits for the device's queue
 
   def canonical(self) -> dict:
     return torch_canonical(self.model)
@@ -453,9 +461,9 @@ class TorchImpl:
   def own_forward(self, x):
     torch = self._torch
     with torch.no_grad():
-      mu, sigma = self.model.encode(torch.from_numpy(np.array(x, np.float32)))
+      mu, sigma = self.model.encode(torch.from_numpy(np.array(x, np.float32)).to(self.device))
       logits = self.model.decode(mu)
-    return mu.numpy(), sigma.numpy(), logits.numpy()
+    return mu.cpu().numpy(), sigma.cpu().numpy(), logits.cpu().numpy()
 
 
 def build(name: str, data, train_np: np.ndarray, key, args):
@@ -471,7 +479,7 @@ def build(name: str, data, train_np: np.ndarray, key, args):
     init = throughput.HandVAE(data.shape[1]).init(key, data[:BATCH_SIZE],
                                                   jnp.zeros((BATCH_SIZE, LATENT)))["params"]
     return TorchImpl(train_np, hand_canonical(init["encoder"], init["decoder"]), args.seed,
-                     args.torch_threads)
+                     args.torch_threads, device=h.torch_device() or "cpu")
   if name == "matmul_floor":
     return Floor(data, key)
   raise ValueError(f"unknown implementation {name!r}")
@@ -531,6 +539,9 @@ def main(argv=None) -> int:
   names = list(args.impls or ALL_IMPLS)
   if "torch_eager" in names and not torch_available():
     h.log("torch is not installed (optional extra `torch`): skipping torch_eager")
+    names.remove("torch_eager")
+  elif "torch_eager" in names and h.torch_device() is None:
+    h.log(f"torch has no device beside JAX's {jax.default_backend()}: skipping torch_eager")
     names.remove("torch_eager")
   train_np, test, data_name, steps = throughput.training_data(args.steps)
   data = jax.device_put(jnp.asarray(train_np))
@@ -609,6 +620,9 @@ def main(argv=None) -> int:
       "rounds": args.rounds, "batch_size": BATCH_SIZE, "num_examples": int(data.shape[0]),
       "num_test": int(test_x.shape[0]), "num_params": next(iter(sizes.values()), None),
       "data": data_name, "torch_threads": getattr(runs.get("torch_eager"), "threads", None),
+      "torch_device": getattr(runs.get("torch_eager"), "device", None),
+      "torch_matmul_precision": getattr(runs.get("torch_eager"), "matmul_precision", None),
+      "sub_batch_options": SUB_BATCH_OPTIONS if "jvae_sub_batches" in runs else None,
       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
       "load_average": {"start": load_before, "end": os.getloadavg()}},
       goals=goals, packages=("numpyro", "torch")), args.out)

@@ -159,7 +159,11 @@ def test_scripts_run_with_tiny_options(tmp_path, capsys):
                           "--out", str(out)]) == 0
   rec = json.loads(out.read_text())
   assert set(rec["extra_memory_bytes"]) == {"10", "500", "5000", "50000"}
-  assert {g["name"] for g in rec["goals"]} >= {"cpu_seconds", "extra_memory_mb"}
+  assert {g["name"] for g in rec["goals"]} >= {"cpu_seconds", "extra_memory_mb",
+                                               "extra_memory_growth"}
+  growth = next(g for g in rec["goals"] if g["name"] == "extra_memory_growth")
+  sizes = [rec["extra_memory_bytes"][str(k)] for k in evaluation.MEMORY_KS]
+  assert growth["value"] == pytest.approx(max(sizes) / min(sizes)) and growth["value"] >= 1.0
   out = tmp_path / "peers.json"
   assert peers.main(["--impls", "jvae", "jvae_sub_batches", "matmul_floor", "--steps", "2",
                      "--rounds", "1", "--out", str(out)]) == 0
@@ -169,12 +173,25 @@ def test_scripts_run_with_tiny_options(tmp_path, capsys):
   assert rec["ratios"]["jvae_sub_batches_vs_matmul_floor"] > 0
   assert {g["name"] for g in rec["goals"]} >= {"jvae_vs_matmul_floor",
                                                "jvae_sub_batches_vs_fastest_jax_peer"}
+  assert rec["sub_batch_options"] == peers.SUB_BATCH_OPTIONS
+  assert rec["torch_device"] is None  # torch_eager was not asked for
   out = tmp_path / "precision.json"
   assert precision.main(["--steps", "2", "--rounds", "1", "--warmup", "0", "--eval-samples",
                          "4", "--eval-images", "10", "--out", str(out)]) == 0
   rec = json.loads(out.read_text())
   assert set(rec["train_steps_per_s"]) == {"float32", "bfloat16"}
   assert 0 < rec["eval_effect_mean_abs"] < 1.0 and np.isfinite(rec["train_effect"])
+  assert "tf32_eval_effect_mean" not in rec  # a CPU: no "highest" side unless asked for
+  high = tmp_path / "precision-highest.json"
+  assert precision.main(["--steps", "2", "--rounds", "1", "--warmup", "0", "--eval-samples",
+                         "4", "--eval-images", "10", "--highest-side", "--out", str(high)]) == 0
+  rec = json.loads(high.read_text())
+  assert set(rec["train_steps_per_s"]) == {"float32", "bfloat16", "float32_highest"}
+  # a CPU's float32 dots are float32 at either precision: no effect, up to fusion order
+  assert rec["tf32_eval_effect_max_abs"] < 1e-3 and abs(rec["tf32_train_effect"]) < 1e-2
   text = _report.render(tmp_path, tmp_path / "B.md").read_text()
   assert "matmul_floor" in text and "peak extra memory" in text
+  options = ", ".join(f"{k}={v}" for k, v in peers.SUB_BATCH_OPTIONS.items())
+  assert f"`jvae_sub_batches` is `jvae.trainer(..., {options})`" in text
   assert "bf16 / f32" in text and "Effect on the bound" in text
+  assert text.count("against `jax.default_matmul_precision") == 1  # the highest side's record

@@ -1,0 +1,117 @@
+"""The suite runner (``python -m benchmarks``): its time limits and budget, and what a run on a
+lent accelerator relies on (the commit from the environment, PyTorch's device beside JAX's)."""
+
+import os
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import pytest
+
+from benchmarks import __main__ as suite
+from benchmarks import _harness as h
+
+
+def test_a_script_past_its_limit_is_stopped_with_what_it_started(tmp_path):
+  pid_file = tmp_path / "child.pid"
+  code = ("import subprocess, sys, time; "
+          "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+          f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
+  start = time.monotonic()
+  assert suite._run([sys.executable, "-c", code], 3.0) is None
+  assert time.monotonic() - start < 30
+  child = int(pid_file.read_text())
+  for _ in range(50):  # the grandchild was killed with its process group
+    try:
+      os.kill(child, 0)
+    except ProcessLookupError:
+      break
+    time.sleep(0.1)
+  else:
+    pytest.fail(f"the script's own child {child} outlived the limit")
+  assert suite._run([sys.executable, "-c", "raise SystemExit(3)"], 30.0) == 3
+
+
+@pytest.fixture
+def fake_suite(monkeypatch, tmp_path):
+  calls = []
+
+  def run(cmd, limit):
+    calls.append((cmd[2], limit))
+    return 1 if cmd[2] == "benchmarks.bad" else 0
+
+  monkeypatch.setattr(suite, "_run", run)
+  monkeypatch.setattr(suite, "RESULTS", tmp_path)
+  monkeypatch.setitem(suite.SUITES, "t", {"a": ["--quick"], "bad": [], "c": []})
+  monkeypatch.setitem(suite.CAPS, "t", {"a": 50.0, "c": 5000.0})
+  return calls
+
+
+def test_caps_and_budget_limit_each_script(fake_suite):
+  assert suite.run_suite("t", "h100", None) == ["bad"]
+  assert fake_suite == [("benchmarks.a", 50.0), ("benchmarks.bad", None),
+                        ("benchmarks.c", 5000.0)]
+  fake_suite.clear()
+  assert suite.run_suite("t", None, ["a", "c"], budget=100.0) == []
+  (a, cap_a), (c, left) = fake_suite
+  assert (a, cap_a, c) == ("benchmarks.a", 50.0, "benchmarks.c")
+  assert 90.0 < left <= 100.0  # the budget left, below c's own cap
+
+
+def test_no_script_starts_without_enough_budget(fake_suite):
+  assert suite.run_suite("t", None, None, budget=suite.MIN_START_S / 2) == ["a", "bad", "c"]
+  assert fake_suite == []
+
+
+def test_command_line_refuses_unknown_names_and_bad_budgets(capsys):
+  with pytest.raises(SystemExit):
+    suite.main(["--suite", "device", "--only", "nll"])
+  assert "not in the device suite" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    suite.main(["--suite", "device", "--budget", "0", "--render-only"])
+  assert "--budget must be > 0" in capsys.readouterr().err
+
+
+def test_the_device_suite_runs_known_scripts_each_with_a_cap():
+  device = suite.SUITES["device"]
+  assert list(device)[:2] == ["evaluation", "seeds"]  # the accelerator goals first
+  assert set(suite.CAPS["device"]) == set(device)
+  for name in device:
+    assert (suite.ROOT / "benchmarks" / f"{name}.py").is_file()
+  assert sum(suite.CAPS["device"].values()) <= 600  # one device command's limit
+
+
+def test_the_commit_comes_from_the_environment_without_git(monkeypatch):
+  monkeypatch.setenv("JVAE_GIT_COMMIT", "abc123+dirty")
+  assert h._git_commit() == "abc123+dirty"
+  monkeypatch.delenv("JVAE_GIT_COMMIT")
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=suite.ROOT, capture_output=True,
+                        text=True)
+  if head.returncode == 0:  # a checkout: HEAD itself
+    assert h._git_commit().startswith(head.stdout.strip())
+
+
+@pytest.mark.parametrize(("backend", "cuda", "expected"),
+                         [("cpu", False, "cpu"), ("cpu", True, "cpu"), ("gpu", True, "cuda"),
+                          ("gpu", False, None), ("tpu", True, None)])
+def test_torch_runs_beside_jax_on_the_same_kind_of_device(monkeypatch, backend, cuda, expected):
+  fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: cuda))
+  monkeypatch.setitem(sys.modules, "torch", fake)
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  assert h.torch_device() == expected
+
+
+def test_no_torch_means_no_torch_device(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+  assert h.torch_device() is None
+
+
+def test_device_script_refuses_to_run_unprepared(tmp_path):
+  script = suite.ROOT / "benchmarks" / "device.sh"
+  out = subprocess.run(["bash", str(script), "nonsense"], capture_output=True, text=True)
+  assert out.returncode == 2 and "usage" in out.stderr
+  env = {**os.environ, "JVAE_DEVICE_DIR": str(tmp_path / "none")}
+  out = subprocess.run(["bash", str(script), "run"], capture_output=True, text=True, env=env)
+  assert out.returncode == 2 and "device.sh prepare" in out.stderr
