@@ -17,7 +17,8 @@
 #   installs the wheels into /tmp/site, prints the GPU and the versions, runs
 #   `python -m benchmarks --suite device --tag <h100|h200|gpu> --budget BUDGET_S` (default 360;
 #   each script also has its own cap, benchmarks/__main__.py's CAPS), then a GPU subset of the
-#   tests for at most TESTS_S seconds (default 90; 0 skips them), and leaves in $OUT
+#   tests (float32 matmuls at "highest") for at most TESTS_S seconds (default 90; 0 skips
+#   them), and leaves in $OUT
 #   (default .device/out): suite.log, results.tgz (the tagged records and plots) and tests.log.
 #
 # Back here:
@@ -77,7 +78,8 @@ run() {
       "benchmarks/device_shim (aliases a newer jax dropped):" | tee -a "$out/import.log"
     tail -n 5 "$out/import.log"
     export PYTHONPATH="$root/benchmarks/device_shim:$PYTHONPATH"
-    "$python" -c "import distrax, blackjax" 2>&1 | tail -n 5
+    "$python" -c "import distrax, blackjax" >>"$out/import.log" 2>&1 || {
+      tail -n 5 "$out/import.log"; echo "FINDING: the shim did not help; stopping" >&2; exit 1; }
   fi
   nvidia-smi -L 2>/dev/null || echo "(no nvidia-smi)"
   local tag
@@ -91,7 +93,12 @@ EOF
 import importlib.metadata as m
 import jax
 names = ("jax", "jaxlib", "flax", "optax", "chex", "distrax", "blackjax", "numpyro", "torch")
-print("versions:", ", ".join(f"{n} {m.version(n)}" for n in names))
+def version(name):
+  try:
+    return m.version(name)
+  except m.PackageNotFoundError:
+    return None
+print("versions:", ", ".join(f"{n} {version(n)}" for n in names))
 print("devices:", jax.devices(), "commit:", __import__("os").environ["JVAE_GIT_COMMIT"])
 EOF
   local only=()
@@ -102,8 +109,12 @@ EOF
   (cd benchmarks/results && tar czf "$out/results.tgz" ./*-"$tag".* 2>/dev/null) \
     || echo "no results to pack" | tee -a "$out/suite.log"
   if (( tests_s > 0 )); then
-    # Several pytest workers share the GPU: no preallocation of 75% of its memory each.
-    XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$tests_s" "$python" -m pytest -q -n 4 \
+    # Several pytest workers share the GPU: no preallocation of 75% of its memory each. XLA's
+    # default compilation (tests/conftest.py's fast flags are XLA:CPU's, and an unknown flag
+    # would stop XLA), and float32 matmuls at "highest": the tests' tolerances are float32's,
+    # not TF32's, whose effect on the bound precision.py measures.
+    XLA_PYTHON_CLIENT_PREALLOCATE=false JVAE_TEST_FULL_XLA=1 \
+    JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$tests_s" "$python" -m pytest -q -n 4 \
       --dist loadfile -p no:cacheprovider tests/test_bounds.py tests/test_estimators.py \
       tests/test_objectives.py tests/test_training.py tests/test_trainer_unroll.py \
       tests/test_precision.py tests/test_fast_paths.py tests/test_contract.py \
