@@ -139,17 +139,23 @@ def main(argv=None) -> int:
   p.add_argument("--budget", type=float, default=None,
                  help="seconds for the whole run: each script gets at most what is left")
   p.add_argument("--render-only", action="store_true")
+  p.add_argument("--no-render", action="store_true",
+                 help="leave BENCHMARKS.md as it is (e.g. on a lent machine whose records are "
+                      "brought back and rendered here)")
   args = p.parse_args(argv)
   if args.only:
     unknown = sorted(set(args.only) - set(SUITES[args.suite]))
     if unknown:
       p.error(f"--only {' '.join(unknown)}: not in the {args.suite} suite "
               f"({', '.join(SUITES[args.suite])})")
+  if args.render_only and args.no_render:
+    p.error("--render-only and --no-render exclude each other")
   if args.budget is not None and not args.budget > 0:
     p.error(f"--budget must be > 0 seconds, got {args.budget}")
   failed = [] if args.render_only else run_suite(args.suite, args.tag, args.only, args.budget)
-  path = _report.render(RESULTS, ROOT / "BENCHMARKS.md")
-  print(f"wrote {path}", file=sys.stderr)
+  if not args.no_render:
+    path = _report.render(RESULTS, ROOT / "BENCHMARKS.md")
+    print(f"wrote {path}", file=sys.stderr)
   if failed:
     print(f"failed: {', '.join(failed)}", file=sys.stderr)
   return 1 if failed else 0

@@ -104,7 +104,7 @@ EOF
   local only=()
   [[ -n "${ONLY:-}" ]] && read -r -a only <<<"--only $ONLY"
   local status=0
-  "$python" -m benchmarks --suite device --tag "$tag" --budget "$budget" "${only[@]}" 2>&1 \
+  "$python" -m benchmarks --suite device --tag "$tag" --budget "$budget" --no-render "${only[@]}" 2>&1 \
     | tee -a "$out/suite.log" || status=1
   (cd benchmarks/results && tar czf "$out/results.tgz" ./*-"$tag".* 2>/dev/null) \
     || echo "no results to pack" | tee -a "$out/suite.log"

@@ -72,6 +72,18 @@ def test_command_line_refuses_unknown_names_and_bad_budgets(capsys):
   with pytest.raises(SystemExit):
     suite.main(["--suite", "device", "--budget", "0", "--render-only"])
   assert "--budget must be > 0" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    suite.main(["--render-only", "--no-render"])
+  assert "exclude each other" in capsys.readouterr().err
+
+
+def test_no_render_leaves_the_report_alone(fake_suite, monkeypatch, tmp_path):
+  rendered = []
+  monkeypatch.setattr(suite._report, "render", lambda *a: rendered.append(a) or a[1])
+  assert suite.main(["--suite", "t", "--only", "a", "--no-render"]) == 0
+  assert fake_suite == [("benchmarks.a", 50.0)] and rendered == []
+  assert suite.main(["--suite", "t", "--only", "bad"]) == 1
+  assert len(rendered) == 1
 
 
 def test_the_device_suite_runs_known_scripts_each_with_a_cap():

@@ -162,8 +162,9 @@ def test_scripts_run_with_tiny_options(tmp_path, capsys):
   assert {g["name"] for g in rec["goals"]} >= {"cpu_seconds", "extra_memory_mb",
                                                "extra_memory_growth"}
   growth = next(g for g in rec["goals"] if g["name"] == "extra_memory_growth")
-  sizes = [rec["extra_memory_bytes"][str(k)] for k in evaluation.MEMORY_KS]
-  assert growth["value"] == pytest.approx(max(sizes) / min(sizes)) and growth["value"] >= 1.0
+  memory = rec["extra_memory_bytes"]
+  assert growth["value"] == pytest.approx(memory[str(max(evaluation.MEMORY_KS))] / memory["10"])
+  assert growth["met"] is (growth["value"] <= 1.1)
   out = tmp_path / "peers.json"
   assert peers.main(["--impls", "jvae", "jvae_sub_batches", "matmul_floor", "--steps", "2",
                      "--rounds", "1", "--out", str(out)]) == 0
