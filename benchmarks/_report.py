@@ -17,6 +17,8 @@ script that produced it and the machine and commit it ran on. Plots are written 
 records; the ones shown here are committed. A section whose record is not in
 `benchmarks/results/` (a long run such as a paper table, made in another checkout) is carried over
 unchanged from the previous file, with the machine and commit it names.
+A section headed with a tag, e.g. "(h100)", comes from a tagged run on that device
+(`--suite device --tag h100`, which `benchmarks/device.sh` runs on a lent GPU machine).
 """
 
 
