@@ -19,6 +19,7 @@ output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -277,6 +278,28 @@ def torch_matmul_like_jax(device: str) -> str:
   if device == "cuda":
     torch.set_float32_matmul_precision("high")
   return torch.get_float32_matmul_precision()
+
+
+@contextlib.contextmanager
+def highest_matmuls():
+  """Float32 matmuls at full precision in JAX and (when imported) PyTorch inside the block.
+
+  For checks of one implementation against another (a converted model's forward pass): at a
+  GPU's default precision (TF32) both sides round to ~1e-3, more than such a check allows, and
+  differently; the precision used for timing stays as it was outside the block.
+  """
+  import jax
+
+  torch = sys.modules.get("torch")
+  before = torch.get_float32_matmul_precision() if torch is not None else None
+  try:
+    if torch is not None:
+      torch.set_float32_matmul_precision("highest")
+    with jax.default_matmul_precision("highest"):
+      yield
+  finally:
+    if torch is not None:
+      torch.set_float32_matmul_precision(before)
 
 
 def usable_cores() -> int:

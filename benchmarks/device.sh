@@ -72,7 +72,23 @@ run() {
   export PYTHONPATH="/tmp/site:$root${PYTHONPATH:+:$PYTHONPATH}"
   export JVAE_DATA_DIR="$dir/data" JVAE_GIT_COMMIT="$(cat "$dir/COMMIT")"
   export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-  if ! "$python" -c "import distrax, blackjax" >"$out/import.log" 2>&1; then
+  local missing  # what jvae, its wheels' own dependencies, the benchmarks and the tests import
+  missing="$("$python" - <<'EOF'
+import importlib.util
+names = ("jax", "flax", "optax", "chex", "numpy", "scipy", "sklearn", "orbax.checkpoint", "tqdm",
+         "wrapt", "attr", "cloudpickle", "six", "absl", "toolz", "numpyro", "torch", "matplotlib",
+         "pytest", "xdist")
+def found(name):
+  try:
+    return importlib.util.find_spec(name) is not None
+  except ImportError:
+    return False
+print(" ".join(n for n in names if not found(n)))
+EOF
+)"
+  : >"$out/import.log"
+  [[ -z "$missing" ]] || echo "FINDING: not importable here: $missing" | tee -a "$out/import.log"
+  if ! "$python" -c "import distrax, blackjax" >>"$out/import.log" 2>&1; then
     # A finding about the dependency on this image's jax: keep it, then let the benchmarks run.
     echo "FINDING: distrax or blackjax does not import here; retrying with" \
       "benchmarks/device_shim (aliases a newer jax dropped):" | tee -a "$out/import.log"

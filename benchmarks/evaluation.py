@@ -164,7 +164,10 @@ def torch_log_marginal(model, x: np.ndarray, *, num_samples: int, chunk: int, ba
       var = torch.clamp(s2 / num_samples - mean**2, min=0) * num_samples / max(num_samples - 1, 1)
       values.append(m + torch.log(s1) - math.log(num_samples))
       errors.append(torch.sqrt(var / num_samples) / mean)
-  return torch.cat(values), torch.cat(errors)
+  values, errors = torch.cat(values), torch.cat(errors)
+  if device == "cuda":  # the timer stops when the results exist, not when they are queued
+    torch.cuda.synchronize()
+  return values, errors
 
 
 def parse_args(argv=None):
@@ -182,6 +185,9 @@ def parse_args(argv=None):
                       f"on a CPU, {ACCELERATOR_MAX_ROWS} elsewhere)")
   p.add_argument("--rounds", type=int, default=None,
                  help="timed rounds; the median is reported (default 1; 3 if --quick)")
+  p.add_argument("--warmup", type=int, default=None,
+                 help="untimed rounds first (default 0 on a CPU, where a round is minutes; 1 "
+                      "elsewhere, so that PyTorch's first CUDA calls are not timed)")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
                  help="time PyTorch eager too (default: when torch imports)")
   p.add_argument("--torch-threads", type=int, default=None,
@@ -196,6 +202,8 @@ def parse_args(argv=None):
     value = getattr(args, name)
     if value is not None and value < 1:
       p.error(f"--{name.replace('_', '-')} must be >= 1")
+  if args.warmup is not None and args.warmup < 0:
+    p.error("--warmup must be >= 0")
   if args.torch is None:
     args.torch = peers.torch_available()
   return args
@@ -243,13 +251,14 @@ def main(argv=None) -> int:
 
     matmul_precision = h.torch_matmul_like_jax(device)
 
-    with torch.no_grad():  # the conversion: the same μ, σ and logits at z = μ as the common form
+    # the conversion: the same μ, σ and logits at z = μ as the common form, at full precision
+    with torch.no_grad(), h.highest_matmuls():
       mu, sigma = tv.encode(torch.from_numpy(test_np[:b]).to(device))
       own = (mu, sigma, tv.decode(mu))
-    common = peers.canonical_forward(peers.jvae_canonical(params), data[:b],
-                                     jnp.zeros((b, peers.LATENT)))
-    err = max(float(np.max(np.abs(o.cpu().numpy() - np.asarray(a))))
-              for o, a in zip(own, common, strict=True))
+      common = peers.canonical_forward(peers.jvae_canonical(params), data[:b],
+                                       jnp.zeros((b, peers.LATENT)))
+      err = max(float(np.max(np.abs(o.cpu().numpy() - np.asarray(a))))
+                for o, a in zip(own, common, strict=True))
     if not err < peers.CONVERT_TOL:
       h.log(f"error: the converted torch model differs by {err:.2e}")
       return 1
@@ -257,7 +266,8 @@ def main(argv=None) -> int:
     runs["torch_eager"] = lambda: torch_log_marginal(tv, test_np, num_samples=k, chunk=c,
                                                      batch_size=b, seed=args.seed, device=device)
 
-  rounds = h.alternate(runs, rounds=args.rounds, on_round=lambda r, t: h.log(
+  warmup = args.warmup if args.warmup is not None else int(backend != "cpu")
+  rounds = h.alternate(runs, rounds=args.rounds, warmup=warmup, on_round=lambda r, t: h.log(
       f"round {r + 1}: " + ", ".join(f"{name} {t.wall[name][-1]:.2f} s" for name in runs)))
   out = rounds.last["jvae"]
   estimate = {"jvae": (float(out["mean"]), float(out["mc_stderr"]))}
@@ -288,7 +298,8 @@ def main(argv=None) -> int:
   h.emit(h.record("evaluation", {
       "num_samples": k, "images": n, "target_images": TARGET_IMAGES, "extrapolated": scale != 1,
       "seconds": seconds["jvae"], "compile_s": compile_s, "batch_size": b, "chunk_size": c,
-      "rows_per_step": c * b, "extra_memory_bytes": memory, "log_marginal": estimate["jvae"][0],
+      "rows_per_step": c * b, "warmup_rounds": warmup, "extra_memory_bytes": memory,
+      "log_marginal": estimate["jvae"][0],
       "mc_stderr": estimate["jvae"][1], **rounds.as_record(),
       "torch": None if "torch_eager" not in runs else {
           "seconds": seconds["torch_eager"], "device": device,

@@ -127,3 +127,20 @@ def test_device_script_refuses_to_run_unprepared(tmp_path):
   env = {**os.environ, "JVAE_DEVICE_DIR": str(tmp_path / "none")}
   out = subprocess.run(["bash", str(script), "run"], capture_output=True, text=True, env=env)
   assert out.returncode == 2 and "device.sh prepare" in out.stderr
+
+
+def test_conversion_checks_run_at_full_precision_and_restore_it(monkeypatch):
+  calls = []
+  fake = types.SimpleNamespace(
+      get_float32_matmul_precision=lambda: calls[-1] if calls else "high",
+      set_float32_matmul_precision=calls.append)
+  monkeypatch.setitem(sys.modules, "torch", fake)
+  before = jax.config.jax_default_matmul_precision
+  with h.highest_matmuls():
+    assert jax.config.jax_default_matmul_precision == "highest"
+    assert calls == ["highest"]
+  assert jax.config.jax_default_matmul_precision == before
+  assert calls == ["highest", "high"]  # PyTorch's own setting is back
+  with pytest.raises(RuntimeError), h.highest_matmuls():
+    raise RuntimeError
+  assert calls[-1] == "high" and jax.config.jax_default_matmul_precision == before

@@ -5,18 +5,29 @@ a newer jax may have dropped: ``jax.core.pytype_aval_mappings`` (deprecated in j
 ``benchmarks/device.sh run`` puts this file on the path only when ``import distrax`` fails on the
 lent machine (whose image has another jax than the one jvae's CI tests), and says so in its log:
 the failure itself is a finding about the dependency, this shim only lets the benchmarks run.
+Each alias is set on its own: one that cannot be set leaves the other. Nothing here may stop the
+interpreter from starting.
 """
 
-try:
+
+def _alias_pytype_aval_mappings():
   import jax
-  import jax.interpreters.xla as _xla
-  from jax._src import core as _core
-  from jax._src import dtypes as _dtypes
-except Exception:  # a shim must never stop the interpreter from starting
-  pass
-else:
-  if not hasattr(jax.core, "pytype_aval_mappings") and hasattr(_core, "pytype_aval_mappings"):
-    jax.core.pytype_aval_mappings = _core.pytype_aval_mappings
-  if (not hasattr(_xla, "canonicalize_dtype_handlers")
-      and hasattr(_dtypes, "canonicalize_value_handlers")):
-    _xla.canonicalize_dtype_handlers = _dtypes.canonicalize_value_handlers
+  from jax._src import core
+
+  if not hasattr(jax.core, "pytype_aval_mappings"):
+    jax.core.pytype_aval_mappings = core.pytype_aval_mappings
+
+
+def _alias_canonicalize_dtype_handlers():
+  import jax.interpreters.xla as xla
+  from jax._src import dtypes
+
+  if not hasattr(xla, "canonicalize_dtype_handlers"):
+    xla.canonicalize_dtype_handlers = dtypes.canonicalize_value_handlers
+
+
+for _alias in (_alias_pytype_aval_mappings, _alias_canonicalize_dtype_handlers):
+  try:
+    _alias()
+  except Exception:  # see the docstring
+    pass
