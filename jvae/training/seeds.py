@@ -143,7 +143,10 @@ def make_epoch_fn(trainer: Trainer, valid_bound: Callable | None, *, patience: i
     trainer: from :func:`jvae.trainer`.
     valid_bound: ``f(params, key, x)`` for validation and early stopping, or None.
     patience: epochs without improvement before a seed stops; None never stops early.
-    eval_batch_size: batch size for validation.
+    eval_batch_size: batch size for validation. The seeds are validated as they are trained
+      (``seed_chunk`` at a time; all at once by default off a CPU), so a validation step holds
+      about seeds × ``eval_batch_size`` × K decoder outputs for a K-sample bound: lower it for
+      many seeds with a large K on an accelerator.
     seed_chunk: how many seeds one ``vmap`` trains at a time (on each device, with ``mesh``).
       None: all of them in one vmap. An int k: ``lax.map`` over chunks of k vmapped seeds
       (``lax.map(..., batch_size=k)``; k = 1 maps the plain single-seed program over the
@@ -287,7 +290,7 @@ def fit(trainer: Trainer, state: FitState, train: Array, valid: Array | None = N
     epochs: total number of epochs.
     valid_bound: ``f(params, key, x)``, the validation bound (e.g. ``jvae.elbo(model)``).
     patience: epochs without improvement before a seed stops; None never stops early.
-    eval_batch_size: batch size for validation.
+    eval_batch_size: batch size for validation (its memory: see :func:`make_epoch_fn`).
     callback: ``callback(state, record)`` after every epoch (checkpoints, progress bars).
     epoch_fn: a prebuilt (e.g. sharded, jitted) epoch function; default builds and jits one.
     seed_chunk: seeds per vmapped chunk for the default epoch function (see
