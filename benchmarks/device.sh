@@ -122,8 +122,14 @@ EOF
   local status=0
   "$python" -m benchmarks --suite device --tag "$tag" --budget "$budget" --no-render "${only[@]}" 2>&1 \
     | tee -a "$out/suite.log" || status=1
-  (cd benchmarks/results && tar czf "$out/results.tgz" ./*-"$tag".* 2>/dev/null) \
-    || echo "no results to pack" | tee -a "$out/suite.log"
+  local records
+  records=("$root"/benchmarks/results/*-"$tag".*)
+  if [[ -e "${records[0]}" ]]; then
+    tar czf "$out/results.tgz" -C "$root/benchmarks/results" "${records[@]##*/}"
+    echo "packed ${#records[@]} files into results.tgz" | tee -a "$out/suite.log"
+  else
+    echo "no records to pack" | tee -a "$out/suite.log"
+  fi
   if (( tests_s > 0 )); then
     # Several pytest workers share the GPU: no preallocation of 75% of its memory each. XLA's
     # default compilation (tests/conftest.py's fast flags are XLA:CPU's, and an unknown flag
