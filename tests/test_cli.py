@@ -238,6 +238,17 @@ def test_resume_refuses_options_that_contradict_the_run(trained_run, tmp_path, c
   assert _hashes(run) == before
   args = cli_args.build_parser().parse_args(["train", "--resume", str(run), "--epochs", "9"])
   assert rundir.resumed_config(cfg, args, {"resume", "epochs"}, list(cfg)) == {**cfg, "epochs": 9}
+  # where it runs may change (another machine), if the seeds still split over the devices
+  args = cli_args.build_parser().parse_args(["train", "--resume", str(run), "--devices", "2",
+                                             "--parallel", "seeds"])
+  given = {"resume", "devices", "parallel"}
+  assert rundir.resumed_config(cfg, args, given, list(cfg)) == {**cfg, "devices": 2,
+                                                                 "parallel": "seeds"}
+  args = cli_args.build_parser().parse_args(["train", "--resume", str(run), "--devices", "3",
+                                             "--parallel", "seeds"])
+  with pytest.raises(cli_args.UsageError, match=r"--seeds \(2\) to be a multiple of --devices "
+                     r"\(3\)"):
+    rundir.resumed_config(cfg, args, given, list(cfg))
 
 
 def _final_state(run_dir):

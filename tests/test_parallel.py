@@ -6,6 +6,7 @@ The multi-device runs happen in a subprocess started with
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -104,15 +105,40 @@ CLI_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_cli_splits_seeds_over_the_cpu_cores_without_environment_flags(tmp_path):
-  """``jvae train --devices 2 --parallel seeds`` on a CPU gets its 2 devices by itself and trains
-  (the CPU's default chunk of 1 per device; equality with one device is the test above)."""
+RESUME_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from jvae.cli.main import main
+
+    rc = main(["train", "--resume", sys.argv[1], "--epochs", "3", "--devices", sys.argv[2],
+               "--no-progress"])
+    import jax
+    print(json.dumps({"rc": rc, "n_devices": len(jax.devices())}))
+""")
+
+
+def _cli_env():
+  """The environment of a CLI subprocess that chooses its number of CPU devices itself."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if "host_platform_device_count" not in f)
   env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def _cli(script, *args):
+  out = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=_cli_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cli_splits_seeds_over_the_cpu_cores_without_environment_flags(tmp_path):
+  """``jvae train --devices 2 --parallel seeds`` on a CPU gets its 2 devices by itself and trains
+  (the CPU's default chunk of 1 per device; equality with one device is the test above). Then
+  the run goes on for an epoch on one device and, from the same checkpoint, on two: the same
+  seeds' results (a run may move to a machine with other devices)."""
   run = tmp_path / "split"
-  out = subprocess.run([sys.executable, "-c", CLI_SCRIPT, str(run)], env=env,
+  out = subprocess.run([sys.executable, "-c", CLI_SCRIPT, str(run)], env=_cli_env(),
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 0, "n_devices": 2}
@@ -121,3 +147,14 @@ def test_cli_splits_seeds_over_the_cpu_cores_without_environment_flags(tmp_path)
   assert all(np.isfinite(r["train_bound"]) and np.isfinite(r["valid_bound"]) for r in rows)
   assert rows[-1]["train_bound"] != rows[-2]["train_bound"]  # two distinct seeds
   assert len(json.loads((run / "summary.json").read_text())["per_seed"]["iwae_5"]) == 2
+
+  ends = {}
+  for devices in (1, 2):
+    moved = tmp_path / f"on{devices}"
+    shutil.copytree(run, moved)
+    assert _cli(RESUME_SCRIPT, moved, devices) == {"rc": 0, "n_devices": devices}
+    assert json.loads((moved / "config.json").read_text())["devices"] == devices
+    rows = [json.loads(line) for line in (moved / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["seed_index"]) for r in rows][-2:] == [(3, 0), (3, 1)]
+    ends[devices] = [(r["train_bound"], r["valid_bound"]) for r in rows[-2:]]
+  np.testing.assert_allclose(ends[1], ends[2], rtol=1e-6)

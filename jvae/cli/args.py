@@ -72,7 +72,9 @@ DEFAULT_VAMP_COMPONENTS = 50
 MATMUL_PRECISIONS = ("float32", "bfloat16", "float16")
 DEFAULT_PRIOR_COMPONENTS = 10
 # Options a resumed run may change; every other option must agree with the saved run.
-RESUME_MAY_CHANGE = ("epochs", "patience", "eval_samples", "seed_chunk", "unroll", "no_progress")
+# devices and parallel choose where the same computation runs: a run may move to another machine.
+RESUME_MAY_CHANGE = ("epochs", "patience", "eval_samples", "seed_chunk", "unroll", "devices",
+                     "parallel", "no_progress")
 
 
 def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -187,7 +189,8 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
       add("--seed", type=_nonneg_int, default=0),
       add("--seeds", type=_positive_int, default=1, help="train N seeds in one program"),
       add("--devices", type=_positive_int, default=None,
-          help="shard over this many devices (see --parallel)"),
+          help="shard over this many devices (see --parallel); may change with --resume (e.g. "
+               "a run started on a CPU's cores goes on on one GPU with --devices 1)"),
       add("--parallel", choices=("data", "seeds"), default="data"),
       add("--seed-chunk", type=_seed_chunk, default="auto", metavar="K|auto",
           help="with --seeds: train K seeds per vmap (per device with --parallel seeds), "
@@ -362,6 +365,13 @@ def _option_problems(o: dict, given: set[str]) -> list[str]:
     out.append(f"--estimator {est} drops the score term of log q(z|x), which needs --kl sample; "
                "--kl analytic has no such term")
   out += _free_bits_problems(o, bound, post)
+  return out + device_problems(o)
+
+
+def device_problems(o: dict) -> list[str]:
+  """How ``--devices``, ``--parallel``, ``--seeds``, ``--batch-size`` and ``--sub-batches`` fail
+  to fit together (also checked on a resumed run, whose devices may change)."""
+  out = []
   devices = o["devices"]
   if devices and o["parallel"] == "seeds" and o["seeds"] % devices:
     out.append(f"--parallel seeds needs --seeds ({o['seeds']}) to be a multiple of --devices "

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from jvae.cli.args import RESUME_MAY_CHANGE, UsageError
+from jvae.cli.args import RESUME_MAY_CHANGE, UsageError, device_problems
 from jvae.io import checkpoint, files
 
 CONFIG = "config.json"
@@ -163,13 +163,17 @@ def resumed_config(saved: dict, args, given, config_keys) -> dict:
     if want != have:
       problems.append(f"--{key.replace('_', '-')}: saved {_show(have)}, given {_show(want)}")
   if problems:
+    may = [f"--{k.replace('_', '-')}" for k in RESUME_MAY_CHANGE]
     raise UsageError(f"--resume {run_dir}: options contradict the saved run: "
-                     + "; ".join(problems) + ". Give only --epochs, --patience, --eval-samples, "
-                     "--seed-chunk, --unroll or --no-progress with --resume, or start a new run")
+                     + "; ".join(problems) + f". Give only {', '.join(may[:-1])} or {may[-1]} "
+                     "with --resume, or start a new run")
   cfg = dict(saved)
   for key in RESUME_MAY_CHANGE:
     if key in given and key in config_keys:
       cfg[key] = getattr(args, key)
+  problems = device_problems(cfg)
+  if problems:
+    raise UsageError(f"--resume {run_dir}: " + "; ".join(problems))
   return cfg
 
 
