@@ -14,7 +14,7 @@ none starts once less than ``MIN_START_S`` is left.
 
     python -m benchmarks --suite quick
     python -m benchmarks --suite full --tag h100
-    python -m benchmarks --suite device --tag h100 --budget 420
+    python -m benchmarks --suite device --tag h100 --budget 360
     python -m benchmarks --render-only          # rebuild BENCHMARKS.md from results/*.json
 """
 
@@ -89,7 +89,8 @@ def run_suite(suite: str, tag: str | None, only: list[str] | None,
   for name, extra in SUITES[suite].items():
     if only and name not in only:
       continue
-    limits = [c for c in (CAPS.get(suite, {}).get(name),) if c is not None]
+    cap = CAPS.get(suite, {}).get(name)
+    limits = [] if cap is None else [cap]
     if deadline is not None:
       left = deadline - time.monotonic()
       if left < MIN_START_S:
