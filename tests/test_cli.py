@@ -205,6 +205,29 @@ def test_a_relative_run_directory_works_for_eval_and_resume(trained_run, tmp_pat
   assert checkpoint.all_steps(tmp_path / "copy" / "checkpoints") == [2, 3, 4]
 
 
+def test_the_final_test_holds_one_seed_and_one_chunk_of_samples(trained_run):
+  """The test bounds of ``jvae train``: its memory grows neither with K nor with the seeds (a run
+  of 8 seeds tested with K = 2,000 holds what 2 seeds with K = 40 do)."""
+  import jax.numpy as jnp
+
+  import jvae.cli.run as r
+
+  run = r.Run(json.loads((trained_run / "config.json").read_text()))
+  test_x = jax.tree_util.tree_map(jnp.asarray, run.data.test)
+
+  def temp_bytes(k, seeds):
+    bound = r._test_bounds(run, k)[f"iwae_{k}"]
+    params = jax.tree_util.tree_map(lambda a: jnp.concatenate([a] * (seeds // a.shape[0])),
+                                    run.init_state.best_params)
+    keys = jnp.stack([jax.random.key(i) for i in range(seeds)])
+    program = r._per_seed_program(
+        lambda p, key: jvae.evaluate(bound, p, key, test_x, batch_size=r.TEST_BATCH))
+    return program.lower(params, keys).compile().memory_analysis().temp_size_in_bytes
+
+  small, large = temp_bytes(r.TEST_CHUNK, 2), temp_bytes(50 * r.TEST_CHUNK, 8)
+  assert large < 1.25 * small, (small, large)
+
+
 def test_resume_into_a_mismatched_config_changes_nothing(trained_run, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(trained_run, run)

@@ -197,12 +197,15 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> list[argparse.Action]:
                "lax.map over the chunks (auto: 1 on a CPU, 4 seeds' plain steps then sharing "
                "one scan body; all at once on an accelerator); speed only"),
       add("--eval-samples", type=_positive_int, default=None,
-          help="K of the final test IWAE / log-likelihood estimate (default 100)"),
+          help="K of the final test IWAE / log-likelihood estimate (default 100), its samples "
+               "drawn 40 at a time and the seeds tested one after another: memory bounded "
+               "whatever K and --seeds are"),
       add("--out", type=pathlib.Path, default=None,
           help="run directory (default runs/<date-time>, made unique)"),
       add("--resume", type=pathlib.Path, default=None, metavar="RUN_DIR",
-          help="continue RUN_DIR from its last complete checkpoint; only --epochs, --patience, "
-               "--eval-samples, --seed-chunk, --unroll and --no-progress may be given with it"),
+          help="continue RUN_DIR from its last complete checkpoint; only "
+               + ", ".join(f"--{k.replace('_', '-')}" for k in RESUME_MAY_CHANGE[:-1])
+               + f" and --{RESUME_MAY_CHANGE[-1].replace('_', '-')} may be given with it"),
       add("--no-progress", action="store_true"),
   ]
 

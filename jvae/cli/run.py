@@ -299,6 +299,10 @@ def _progress(total: int, initial: int, *, disable: bool):
               dynamic_ncols=True)
 
 
+TEST_BATCH = 100  # test images per step of the final evaluation
+TEST_CHUNK = 40  # importance samples per step: 4,000 rows of decoder outputs whatever K is
+
+
 def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
   """Final test bounds of every seed's best params, their summary over seeds, and pictures."""
   cfg = run.cfg
@@ -310,15 +314,12 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
     summary = _semi_supervised_summary(run, state, test_x, keys)
     _write_pictures(run, state, run_dir)
     return summary
-  bounds = {"elbo": run.valid_bound if cfg["bound"] == "elbo" else
-            jvae.elbo(run.model, kl="sample"),
-            f"iwae_{k}": jvae.iwae(run.model, num_samples=k)}
   per_seed = {}
-  for name, bound in bounds.items():
+  for name, bound in _test_bounds(run, k).items():
     def one(params, key, bound=bound):
-      return jvae.evaluate(bound, params, key, test_x, batch_size=100)
+      return jvae.evaluate(bound, params, key, test_x, batch_size=TEST_BATCH)
 
-    per_seed[name] = np.asarray(jax.jit(jax.vmap(one))(state.best_params, keys))
+    per_seed[name] = _per_seed(one, state.best_params, keys)
   main_name = f"iwae_{k}"
   kl_per_group = _test_kl_groups(run, state.best_params, test_x, keys)
   summary = {
@@ -359,9 +360,9 @@ def _semi_supervised_summary(run: Run, state, test_x, keys) -> dict:
   per_seed = {}
   for name, metric in metrics.items():
     def one(params, key, metric=metric):
-      return jvae.evaluate(metric, params, key, test_x, batch_size=100)
+      return jvae.evaluate(metric, params, key, test_x, batch_size=TEST_BATCH)
 
-    per_seed[name] = np.asarray(jax.jit(jax.vmap(one))(state.best_params, keys))
+    per_seed[name] = _per_seed(one, state.best_params, keys)
   summary = {name: jvae.summarize(vals) for name, vals in per_seed.items()}
   return {
       "test_bound_name": "elbo",
@@ -388,9 +389,28 @@ def _test_kl_groups(run: Run, best_params, test_x, keys):
     return None
 
   def one(params, key):
-    return jvae.evaluate(f, params, key, test_x, batch_size=100)
+    return jvae.evaluate(f, params, key, test_x, batch_size=TEST_BATCH)
 
-  return np.asarray(jax.jit(jax.vmap(one))(best_params, keys))
+  return _per_seed(one, best_params, keys)
+
+
+def _test_bounds(run: Run, k: int) -> dict:
+  """The final test's bounds: the ELBO and IWAE_K, whose value is drawn ``TEST_CHUNK`` samples
+  at a time (``jvae.log_marginal``): memory bounded whatever K is."""
+  return {"elbo": run.valid_bound if run.cfg["bound"] == "elbo" else
+          jvae.elbo(run.model, kl="sample"),
+          f"iwae_{k}": jvae.log_marginal(run.model, num_samples=k, chunk_size=TEST_CHUNK)}
+
+
+def _per_seed_program(one):
+  """``(params, keys) -> one(params_i, key_i)`` of every seed i, one seed at a time
+  (``lax.map``, one jitted program): the final test's memory is one seed's, however many seeds
+  the run trained."""
+  return jax.jit(lambda p, k: jax.lax.map(lambda a: one(*a), (p, k)))
+
+
+def _per_seed(one, params, keys) -> np.ndarray:
+  return np.asarray(_per_seed_program(one)(params, keys))
 
 
 def _scale(image_shape) -> int:
