@@ -24,7 +24,8 @@
 # Back here:
 #     tar xzf <files_at>/results.tgz -C benchmarks/results && python -m benchmarks --render-only
 #
-# PYTHON (default python3) picks the interpreter; ONLY="evaluation seeds" runs only those.
+# PYTHON (default python3) picks the interpreter; ONLY="evaluation seeds" runs only those;
+# DEVICE_ALLOW_CPU=1 lets `run` go on where JAX sees no accelerator (a rehearsal on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -51,13 +52,14 @@ prepare() {
     --platform manylinux1_x86_64 -d "$dir/whl" "${pins[@]}"
   cp "$data_dir/binarized_mnist.npz" "$dir/data/"
   local commit
-  commit="$(git rev-parse HEAD)"
-  if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)benchmarks/results' \
-              ':(exclude)BENCHMARKS.md')" ]]; then
-    commit="$commit+dirty"
-  fi
+  commit="$(env -u JVAE_GIT_COMMIT "$venv_python" -c \
+    "from benchmarks._harness import _git_commit; print(_git_commit())")"
   echo "$commit" >"$dir/COMMIT"
-  echo "prepared $dir for commit $commit ($(du -sh "$dir" | cut -f1))"
+  # What the tree holds now, so that `run` can tell when the tree it got is another one.
+  git ls-files -z -- . ':(exclude)benchmarks/results' ':(exclude)BENCHMARKS.md' \
+    | xargs -0 sha256sum >"$dir/MANIFEST"
+  echo "prepared $dir for commit $commit ($(du -sh "$dir" | cut -f1)); run it before changing" \
+    "the tree (a changed tree is recorded as such)"
 }
 
 run() {
@@ -70,7 +72,14 @@ run() {
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$dir"/whl/*.whl
   export PYTHONPATH="/tmp/site:$root${PYTHONPATH:+:$PYTHONPATH}"
-  export JVAE_DATA_DIR="$dir/data" JVAE_GIT_COMMIT="$(cat "$dir/COMMIT")"
+  local commit
+  commit="$(cat "$dir/COMMIT")"
+  if [[ -f "$dir/MANIFEST" ]] && ! sha256sum --quiet -c "$dir/MANIFEST" >/dev/null 2>&1; then
+    echo "warning: the tree differs from the one prepared at $commit; recorded as" \
+      "$commit+changed-after-prepare" >&2
+    commit="$commit+changed-after-prepare"
+  fi
+  export JVAE_DATA_DIR="$dir/data" JVAE_GIT_COMMIT="$commit"
   export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
   local missing  # what jvae, its wheels' own dependencies, the benchmarks and the tests import
   missing="$("$python" - <<'EOF'
@@ -105,6 +114,11 @@ kind = jax.devices()[0].device_kind.lower()
 print(next((t for t in ("h200", "h100") if t in kind), jax.default_backend()))
 EOF
 )"
+  if [[ "$tag" == cpu && -z "${DEVICE_ALLOW_CPU:-}" ]]; then
+    echo "error: JAX sees no accelerator here; nothing to measure (DEVICE_ALLOW_CPU=1 rehearses" \
+      "the run on a CPU)" >&2
+    exit 1
+  fi
   "$python" - <<'EOF' 2>&1 | tee "$out/suite.log"
 import importlib.metadata as m
 import jax

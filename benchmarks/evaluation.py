@@ -24,8 +24,8 @@ alternating rounds (the median; one round of 1000 images read jvae / torch as 1.
 suite runs a session apart) and extrapolates × 33 (``"extrapolated"``).
 Goals: K = 5000 on 10,000 images ≤ 5 minutes on the 2-core CPU, ≥ 1.5× PyTorch eager, ≤ 64 MB
 extra memory whatever K is on the CPU (its 4096 rows per step), extra memory that does not grow
-with K on every device (at K = 50000 ≤ 1.1 × at the timed K; a K below the chunk needs less),
-≤ 1 s on an H100-class GPU.
+with K on every device (every larger K of 500, 5000, 50000 ≤ 1.1 × the timed K's; a K below the
+chunk needs less), ≤ 1 s on an H100-class GPU.
 
 Where the time goes (a profile of one scan step, C = 39 samples × B = 100 images, by process
 CPU time on the 2-core x86-64 CPU; K = 5000 on 10,000 images is 12,500 such steps; the code was
@@ -106,8 +106,9 @@ GOALS = [h.Goal("cpu_seconds", "<=", 300.0, f"K = 5000 on {TARGET_IMAGES} images
          h.Goal("jvae_vs_torch", ">=", 1.5, "jvae / PyTorch eager speed"),
          h.Goal("extra_memory_mb", "<=", 64.0, "extra memory for K = 500 … 50000 on a CPU",
                 " MB"),
-         h.Goal("extra_memory_growth", "<=", 1.1, f"extra memory at K = {max(MEMORY_KS)} / "
-                "at the timed K (it does not grow with K)", "×"),
+         h.Goal("extra_memory_growth", "<=", 1.1, "the most extra memory of a larger K (of "
+                f"{', '.join(map(str, MEMORY_KS))}) / the timed K's: it does not grow with K",
+                "×"),
          h.Goal("h100_seconds", "<=", 1.0, f"K = 5000 on {TARGET_IMAGES} images on an "
                 "H100-class GPU", " s")]
 AGREE_SE = 5.0  # jvae and torch estimates must agree within this many combined standard errors
@@ -285,7 +286,9 @@ def main(argv=None) -> int:
     (mj, sj), (mt, st) = estimate["jvae"], estimate["torch_eager"]
     agree = abs(mj - mt) <= AGREE_SE * math.hypot(sj, st)
   extra_max = max((v for v in memory.values() if v is not None), default=None)
-  mem_max_k, mem_k = memory[max(MEMORY_KS)], memory[k]
+  # the most any larger K takes, against the timed K's (None when no larger K was compiled)
+  larger = [memory[kk] for kk in MEMORY_KS if kk > k and memory[kk] is not None]
+  mem_k = memory[k]
   kind = jax.devices()[0].device_kind
   at_k = seconds["jvae"] if k == 5000 else None  # the time goals are for K = 5000
   goals = h.check(GOALS, {
@@ -293,7 +296,7 @@ def main(argv=None) -> int:
       "jvae_vs_torch": seconds["torch_eager"] / seconds["jvae"] if "torch_eager" in runs
                        else None,
       "extra_memory_mb": None if extra_max is None or backend != "cpu" else extra_max / 2**20,
-      "extra_memory_growth": mem_max_k / mem_k if mem_max_k is not None and mem_k else None,
+      "extra_memory_growth": max(larger) / mem_k if larger and mem_k else None,
       "h100_seconds": at_k if any(g in kind for g in ("H100", "H200")) else None})
   h.emit(h.record("evaluation", {
       "num_samples": k, "images": n, "target_images": TARGET_IMAGES, "extrapolated": scale != 1,

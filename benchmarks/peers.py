@@ -479,7 +479,7 @@ def build(name: str, data, train_np: np.ndarray, key, args):
     init = throughput.HandVAE(data.shape[1]).init(key, data[:BATCH_SIZE],
                                                   jnp.zeros((BATCH_SIZE, LATENT)))["params"]
     return TorchImpl(train_np, hand_canonical(init["encoder"], init["decoder"]), args.seed,
-                     args.torch_threads, device=h.torch_device() or "cpu")
+                     args.torch_threads, device=h.torch_device())  # main checked it exists
   if name == "matmul_floor":
     return Floor(data, key)
   raise ValueError(f"unknown implementation {name!r}")

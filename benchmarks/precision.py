@@ -88,8 +88,7 @@ def main(argv=None) -> int:
 
   def precision(name):
     """Where the side is traced: float32_highest under the "highest" matmul precision."""
-    return (jax.default_matmul_precision("highest") if name == "float32_highest"
-            else contextlib.nullcontext())
+    return h.highest_matmuls() if name == "float32_highest" else contextlib.nullcontext()
 
   trainers, runs, compile_s = {}, {}, {}
   for name, m in models.items():
@@ -140,20 +139,22 @@ def main(argv=None) -> int:
       "test_log_marginal": {"float32_trained": float(f32["mean"]),
                             "bfloat16_trained": float(bf16_trained["mean"])},
       "train_effect": float(bf16_trained["mean"]) - float(f32["mean"]),
-      **(tf32_effects(ev, evaluate, trained) if "float32_highest" in models else {}),
+      **(tf32_effects(ev, evaluate, trained["float32_highest"])
+         if "float32_highest" in models else {}),
   }, packages=("flax", "optax"))
   h.emit(rec, args.out)
   return 0
 
 
-def tf32_effects(ev, evaluate, trained) -> dict:
+def tf32_effects(ev, evaluate, highest_params) -> dict:
   """The backend's default float32 matmuls against "highest": the evaluation effect (the
   float32-trained parameters, same samples, default − highest per image) and the training effect
-  (the parameters trained at each precision, both evaluated at "highest")."""
+  (the parameters trained at each precision, both evaluated at "highest"; the float32-trained
+  ones' is ``ev``'s float32_highest side already)."""
   default, highest = ev.last["float32"], ev.last["float32_highest"]
   delta = np.asarray(default["values"], np.float64) - np.asarray(highest["values"], np.float64)
-  default_trained = evaluate("float32_highest", trained["float32"])
-  highest_trained = evaluate("float32_highest", trained["float32_highest"])
+  default_trained = highest
+  highest_trained = evaluate("float32_highest", highest_params)
   h.log(f"float32 default − highest: evaluation {delta.mean():+.4f} nats (|Δ| "
         f"{np.abs(delta).mean():.4f}); training "
         f"{float(default_trained['mean']) - float(highest_trained['mean']):+.3f} nats")

@@ -2,6 +2,7 @@
 lent accelerator relies on (the commit from the environment, PyTorch's device beside JAX's)."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -86,13 +87,22 @@ def test_no_render_leaves_the_report_alone(fake_suite, monkeypatch, tmp_path):
   assert len(rendered) == 1
 
 
+DEVICE_TIMEOUT_S = 540  # the device tool's timeout_s that device.sh's header gives
+
+
 def test_the_device_suite_runs_known_scripts_each_with_a_cap():
   device = suite.SUITES["device"]
   assert list(device)[:2] == ["evaluation", "seeds"]  # the accelerator goals first
   assert set(suite.CAPS["device"]) == set(device)
   for name in device:
     assert (suite.ROOT / "benchmarks" / f"{name}.py").is_file()
-  assert sum(suite.CAPS["device"].values()) <= 600  # one device command's limit
+  script = (suite.ROOT / "benchmarks" / "device.sh").read_text()
+  assert f"timeout_s {DEVICE_TIMEOUT_S}" in script
+  budget = int(re.search(r'budget="\$\{1:-(\d+)\}"', script).group(1))
+  tests_s = int(re.search(r'tests_s="\$\{TESTS_S:-(\d+)\}"', script).group(1))
+  # the suite's budget, the tests' and a minute to install and start: inside the command's limit
+  assert budget + tests_s + 60 <= DEVICE_TIMEOUT_S
+  assert max(suite.CAPS["device"].values()) < budget  # the first script cannot eat it all
 
 
 def test_the_commit_comes_from_the_environment_without_git(monkeypatch):

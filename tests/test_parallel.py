@@ -158,3 +158,42 @@ def test_cli_splits_seeds_over_the_cpu_cores_without_environment_flags(tmp_path)
     assert [(r["epoch"], r["seed_index"]) for r in rows][-2:] == [(3, 0), (3, 1)]
     ends[devices] = [(r["train_bound"], r["valid_bound"]) for r in rows[-2:]]
   np.testing.assert_allclose(ends[1], ends[2], rtol=1e-6)
+
+
+FINAL_TEST_SCRIPT = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+    import jvae
+    from jvae.cli import run as r
+    from jvae.training import parallel as _parallel
+
+    model = jvae.mlp_vae(event_shape=(16,), latent_dim=2, hidden=(8,))
+    x = (jax.random.uniform(jax.random.key(0), (150, 16)) < 0.3).astype(jnp.float32)
+    params = jax.vmap(lambda k: model.init(k, x[:2]))(jax.random.split(jax.random.key(1), 4))
+    keys = jax.random.split(jax.random.key(2), 4)
+    bound = jvae.log_marginal(model, num_samples=3 * r.TEST_CHUNK, chunk_size=r.TEST_CHUNK)
+    one = lambda p, k: jvae.evaluate(bound, p, k, x, batch_size=r.TEST_BATCH)
+    mesh = _parallel.make_mesh(2, "seeds")
+    split = NamedSharding(mesh, PartitionSpec("seeds"))
+    program = r._per_seed_program(one, mesh)
+    placed = jax.device_put((params, keys), split)
+    hlo = program.lower(*placed).compile().as_text()
+    sharded, plain = program(*placed), r._per_seed_program(one)(params, keys)
+    print(json.dumps({"gathers": hlo.count("all-gather"),
+                      "devices": len(sharded.sharding.device_set),
+                      "max_diff": float(np.max(np.abs(np.asarray(sharded) - np.asarray(plain))))}))
+""")
+
+
+def test_the_final_test_of_seeds_split_over_devices_stays_on_their_devices():
+  """``jvae train --parallel seeds``: each device tests its own seeds (no parameters gathered
+  across devices), with the values of the same test on one device."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", FINAL_TEST_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  assert got["gathers"] == 0 and got["devices"] == 2
+  assert got["max_diff"] < 1e-4

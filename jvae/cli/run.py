@@ -22,6 +22,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 import numpy as np
 import optax
 
@@ -319,7 +320,7 @@ def _finish(run: Run, state, run_dir: pathlib.Path) -> dict:
     def one(params, key, bound=bound):
       return jvae.evaluate(bound, params, key, test_x, batch_size=TEST_BATCH)
 
-    per_seed[name] = _per_seed(one, state.best_params, keys)
+    per_seed[name] = _per_seed(one, state.best_params, keys, _seed_mesh(run))
   main_name = f"iwae_{k}"
   kl_per_group = _test_kl_groups(run, state.best_params, test_x, keys)
   summary = {
@@ -362,7 +363,7 @@ def _semi_supervised_summary(run: Run, state, test_x, keys) -> dict:
     def one(params, key, metric=metric):
       return jvae.evaluate(metric, params, key, test_x, batch_size=TEST_BATCH)
 
-    per_seed[name] = _per_seed(one, state.best_params, keys)
+    per_seed[name] = _per_seed(one, state.best_params, keys, _seed_mesh(run))
   summary = {name: jvae.summarize(vals) for name, vals in per_seed.items()}
   return {
       "test_bound_name": "elbo",
@@ -391,7 +392,7 @@ def _test_kl_groups(run: Run, best_params, test_x, keys):
   def one(params, key):
     return jvae.evaluate(f, params, key, test_x, batch_size=TEST_BATCH)
 
-  return _per_seed(one, best_params, keys)
+  return _per_seed(one, best_params, keys, _seed_mesh(run))
 
 
 def _test_bounds(run: Run, k: int) -> dict:
@@ -402,15 +403,28 @@ def _test_bounds(run: Run, k: int) -> dict:
           f"iwae_{k}": jvae.log_marginal(run.model, num_samples=k, chunk_size=TEST_CHUNK)}
 
 
-def _per_seed_program(one):
+def _seed_mesh(run: Run):
+  """The mesh the seeds are split over (``--parallel seeds``), else None."""
+  return run.mesh if run.mesh is not None and run.cfg["parallel"] == "seeds" else None
+
+
+def _per_seed_program(one, mesh=None):
   """``(params, keys) -> one(params_i, key_i)`` of every seed i, one seed at a time
   (``lax.map``, one jitted program): the final test's memory is one seed's, however many seeds
-  the run trained."""
-  return jax.jit(lambda p, k: jax.lax.map(lambda a: one(*a), (p, k)))
+  the run trained. With the seeds split over ``mesh``, each device tests its own seeds so (no
+  seed's parameters leave its device)."""
+  def seeds(p, k):
+    return jax.lax.map(lambda a: one(*a), (p, k))
+
+  if mesh is not None:
+    axis = mesh.axis_names[0]
+    seeds = jax.shard_map(seeds, mesh=mesh, in_specs=(PartitionSpec(axis), PartitionSpec(axis)),
+                          out_specs=PartitionSpec(axis), check_vma=False)
+  return jax.jit(seeds)
 
 
-def _per_seed(one, params, keys) -> np.ndarray:
-  return np.asarray(_per_seed_program(one)(params, keys))
+def _per_seed(one, params, keys, mesh=None) -> np.ndarray:
+  return np.asarray(_per_seed_program(one, mesh)(params, keys))
 
 
 def _scale(image_shape) -> int:
