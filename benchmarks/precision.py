@@ -90,12 +90,13 @@ def main(argv=None) -> int:
     """Where the side is traced: float32_highest under the "highest" matmul precision."""
     return h.highest_matmuls() if name == "float32_highest" else contextlib.nullcontext()
 
-  trainers, runs, compile_s = {}, {}, {}
+  trainers, runs, compile_s, compiled_at = {}, {}, {}, {}
   for name, m in models.items():
     tr = jvae.trainer(jvae.elbo(m), optax.adam(LEARNING_RATE), batch_size=BATCH_SIZE)
     state = jax.tree_util.tree_map(jnp.copy, tr.init(params, train_key))  # each side donates
     with precision(name):
       fn, compile_s[name] = h.compile_ahead(tr.epoch, state, data, donate=True)
+      compiled_at[name] = jax.config.jax_default_matmul_precision  # None: the backend's default
     trainers[name], runs[name] = tr, h.Carry(fn, state, data)
   rounds = h.alternate(runs, rounds=args.rounds, warmup=args.warmup)
   rate = {name: args.steps / rounds.median(name) for name in runs}
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
       "steps_per_epoch": args.steps, "batch_size": BATCH_SIZE, "rounds": args.rounds,
       "warmup_epochs": args.warmup, "data": data_name,
       "train_steps_per_s": rate, "train_speedup": rate["bfloat16"] / rate["float32"],
-      "compile_s": compile_s, "train_wall_s": rounds.wall,
+      "compile_s": compile_s, "matmul_precision": compiled_at, "train_wall_s": rounds.wall,
       "train_bound_last_epoch": {n: float(runs[n].out["bound"]) for n in runs},
       "eval_samples": args.eval_samples, "eval_images": int(test_x.shape[0]),
       "eval_seconds": eval_s, "eval_speedup": eval_s["float32"] / eval_s["bfloat16"],

@@ -204,6 +204,9 @@ def test_scripts_run_with_tiny_options(tmp_path, capsys):
                          "4", "--eval-images", "10", "--highest-side", "--out", str(high)]) == 0
   rec = json.loads(high.read_text())
   assert set(rec["train_steps_per_s"]) == {"float32", "bfloat16", "float32_highest"}
+  ambient = jax.config.jax_default_matmul_precision  # None unless the environment sets one
+  assert rec["matmul_precision"] == {"float32": ambient, "bfloat16": ambient,
+                                     "float32_highest": "highest"}
   # a CPU's float32 dots are float32 at either precision: no effect, up to fusion order
   assert rec["tf32_eval_effect_max_abs"] < 1e-3 and abs(rec["tf32_train_effect"]) < 1e-2
   text = _report.render(tmp_path, tmp_path / "B.md").read_text()
