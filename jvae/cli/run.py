@@ -252,7 +252,7 @@ def _fit(run: Run, run_dir: pathlib.Path, state, args):
     train_x = jax.device_put(train_x, _parallel.replicated(mesh))
     valid_x = jax.device_put(valid_x, _parallel.replicated(mesh))
   # Seeds split over devices: each device trains its own seeds (shard_map), in chunks.
-  seed_mesh = mesh if mesh is not None and cfg["parallel"] == "seeds" else None
+  seed_mesh = _seed_mesh(run)
   epoch_fn = jax.jit(jvae.make_epoch_fn(run.trainer, run.valid_bound, patience=cfg["patience"],
                                         seed_chunk=args.seed_chunk, mesh=seed_mesh),
                      donate_argnums=0)
